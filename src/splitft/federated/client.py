@@ -1,0 +1,104 @@
+"""The client role: embeddings + blocks ``[0, cut)`` with its own LoRA copy, and its data.
+
+Its raw text never leaves it: what it sends is the hidden state at its cut (the smashed data),
+the labels and attention mask of the batch, and its adapters at the end of a round. Every
+method takes and returns codec bytes, so the same object serves any runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from splitft.config import Config
+from splitft.data.tokenize import TokenizedDataset, batches, collate
+from splitft.federated.codec import Entry, encode_message
+from splitft.federated.messages import adapter_entries, control, read, read_adapters
+from splitft.federated.optim import AdapterOptimizer
+from splitft.model.lora import AdapterLayout, copy_ranks
+from splitft.model.split import SplitModel
+
+
+class Client:
+    def __init__(
+        self,
+        client_id: int,
+        model: SplitModel,
+        layout: AdapterLayout,
+        data: TokenizedDataset,
+        cfg: Config,
+        pad_id: int,
+    ) -> None:
+        self.client_id = client_id
+        self.model = model
+        self.layout = layout
+        self.data = data
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
+        self._batches: Iterator[list[int]] = batches(
+            len(data), cfg.train.batch_size, seed=cfg.seed, client_id=client_id
+        )
+        self.cut = 0
+        self.params: dict[str, torch.Tensor] = {}
+        self.optimizer: AdapterOptimizer | None = None
+        self._pending: torch.Tensor | None = None
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.r_cut)
+
+    def begin_round(self, payload: bytes) -> bytes:
+        """Take the round's cut and the global adapters of blocks ``[0, cut)``."""
+        message = read(payload)
+        cut = int(message["control"]["cut"])
+        if cut != self.cut:  # new block range: new tensors, fresh optimizer state
+            device = self.model.device
+            self.cut = cut
+            names = self.layout.names(range(cut))
+            self.params = {
+                n: torch.zeros(self.layout.shapes[n], device=device, requires_grad=True) for n in names
+            }
+            self.optimizer = AdapterOptimizer(self.params.values(), self.cfg.train, self.total_steps)
+        with torch.no_grad():
+            for name, tensor in read_adapters(message, self.layout).items():
+                self.params[name].copy_(tensor)
+        return control(ok=True)
+
+    def forward_step(self, payload: bytes) -> bytes:
+        """Run the next batch up to the cut; send the smashed data, labels and mask."""
+        items = [self.data[i] for i in next(self._batches)]
+        batch = collate(items, self.pad_id)
+        device = self.model.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        self._pending = self.model.client_forward(self.cut, ids, mask, self.params)
+        return encode_message(
+            [
+                Entry(
+                    "hidden",
+                    "activations",
+                    self._pending.detach().cpu(),
+                    wire_dtype=self.cfg.codec.activation_dtype,
+                ),
+                Entry("labels", "labels", batch["labels"].to(torch.int32)),
+                Entry("attention_mask", "labels", batch["attention_mask"].to(torch.uint8)),
+            ]
+        ).data
+
+    def backward_step(self, payload: bytes) -> bytes:
+        """Backpropagate the gradient at the cut and step this client's adapters."""
+        message = read(payload)
+        if self._pending is None:
+            raise RuntimeError("backward_step called before forward_step")
+        grad = message["grad"].to(self._pending.device, self._pending.dtype)
+        self._pending.backward(grad)
+        self._pending = None
+        self.optimizer.step(int(message["control"]["step"]))
+        return control(ok=True)
+
+    def end_round(self, payload: bytes) -> bytes:
+        """Send this client's adapters (at the rank trained) back for aggregation."""
+        entries = adapter_entries(self.params, self.ranks)
+        entries.append(Entry("control", "control", {"samples": len(self.data)}))
+        return encode_message(entries).data

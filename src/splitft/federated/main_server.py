@@ -1,0 +1,95 @@
+"""The main server role: blocks ``[cut, M)`` + final norm + head + loss, for every client.
+
+It keeps one server-side copy of the adapters per client (design.md 2.1: every client owns a
+full adapter stack, wherever it lives), so per-client cuts never conflict, and one optimizer
+per copy. It also holds the global adapter set and merges each round's changes into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splitft.config import Config
+from splitft.federated.aggregation import ChangeAccumulator
+from splitft.federated.codec import Entry, encode_message
+from splitft.federated.messages import read
+from splitft.federated.optim import AdapterOptimizer
+from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
+from splitft.model.split import SplitModel, token_stats
+
+
+@dataclass
+class StepStats:
+    """What one server step measured: summed NLL, scored tokens, exact predictions."""
+
+    loss_sum: float
+    tokens: int
+    correct: int
+
+
+@dataclass
+class _ServerCopy:
+    cut: int
+    params: dict[str, torch.Tensor]
+    optimizer: AdapterOptimizer
+    ranks: dict[str, int]
+
+
+class MainServer:
+    def __init__(
+        self, model: SplitModel, layout: AdapterLayout, cfg: Config, global_adapters: Adapters
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.cfg = cfg
+        self.global_adapters = global_adapters
+        self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
+        self.copies: dict[int, _ServerCopy] = {}
+
+    def begin_round(self, client_id: int, cut: int) -> None:
+        """Load the global adapters of blocks ``[cut, M)`` into client ``client_id``'s copy."""
+        blocks = range(cut, self.model.num_blocks)
+        ranks = copy_ranks(self.layout, blocks, cut, self.cfg.lora.r_cut)
+        copy = self.copies.get(client_id)
+        if copy is None or copy.cut != cut:  # new block range: new tensors, fresh optimizer state
+            params = {n: torch.zeros_like(self.global_adapters[n]).requires_grad_(True) for n in ranks}
+            copy = _ServerCopy(
+                cut, params, AdapterOptimizer(params.values(), self.cfg.train, self.total_steps), ranks
+            )
+            self.copies[client_id] = copy
+        with torch.no_grad():
+            for name, tensor in copy.params.items():
+                mask = component_mask(name, tensor.shape, ranks[name]).to(tensor.device)
+                tensor.copy_(self.global_adapters[name] * mask)
+
+    def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
+        """Forward + backward from the client's smashed data; returns the gradient message."""
+        copy = self.copies[client_id]
+        message = read(payload)
+        device = self.model.device
+        hidden = message["hidden"].to(device, torch.float32).requires_grad_(True)
+        mask = message["attention_mask"].to(device, torch.long)
+        labels = message["labels"].to(device, torch.long)
+        logits = self.model.server_forward(copy.cut, hidden, mask, copy.params)
+        loss_sum, tokens, correct = token_stats(logits, labels)
+        (loss_sum / max(tokens, 1)).backward()
+        copy.optimizer.step(global_step)
+        dtype = self.cfg.codec.gradient_dtype
+        grad = encode_message(
+            [
+                Entry("grad", "gradients", hidden.grad.cpu(), wire_dtype=dtype, scaled=dtype == "fp16"),
+                Entry("control", "control", {"step": global_step}),
+            ]
+        ).data
+        return grad, StepStats(float(loss_sum.detach()), tokens, correct)
+
+    def accumulate(self, start: Adapters, weights: dict[int, float]) -> ChangeAccumulator:
+        """Weighted changes of the server-side copies of the clients in ``weights``."""
+        acc = ChangeAccumulator()
+        for client_id, weight in weights.items():
+            copy = self.copies[client_id]
+            for name, tensor in copy.params.items():
+                acc.add(name, start[name], tensor.detach(), copy.ranks[name], weight)
+        return acc

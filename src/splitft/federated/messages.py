@@ -1,0 +1,40 @@
+"""What travels in each call between the round loop, the clients and the main server.
+
+All of it goes through the codec (``codec.py``): named entries, each of one kind, so every
+byte is accounted for. Adapters travel at the rank actually trained (the first ``r_cut``
+components of a cut block), and are zero-padded back to full shape on arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from splitft.federated.codec import Entry, decode_message, encode_message
+from splitft.model.lora import AdapterLayout, Adapters, pad_to, truncate
+
+
+def adapter_entries(adapters: Mapping[str, torch.Tensor], ranks: Mapping[str, int]) -> list[Entry]:
+    """One ``adapters`` entry per tensor, cut to its trained rank."""
+    return [
+        Entry(name, "adapters", truncate(name, t.detach(), ranks[name]).cpu()) for name, t in adapters.items()
+    ]
+
+
+def read_adapters(message: Mapping[str, object], layout: AdapterLayout) -> Adapters:
+    """The adapter tensors of a decoded message, padded back to full shape."""
+    return {
+        name: pad_to(name, value.float(), layout.shapes[name])
+        for name, value in message.items()
+        if name in layout.shapes and isinstance(value, torch.Tensor)
+    }
+
+
+def control(**values: object) -> bytes:
+    """A message holding only a small control record."""
+    return encode_message([Entry("control", "control", values)]).data
+
+
+def read(data: bytes) -> dict[str, object]:
+    return decode_message(data)

@@ -1,0 +1,234 @@
+"""The training recipe: ``setup`` (check everything, build the roles) -> ``fit`` (the rounds).
+
+Python API::
+
+    from splitft.config import Config
+    from splitft.train import train
+
+    cfg = Config().with_overrides({"model.name": "tiny:llama", "federation.rounds": 2})
+    result = train(cfg, "runs/demo")
+    print(result.summary["final_test_ppl"], result.run_dir)
+
+Everything that can be wrong with the input (config, model, data, cuts) is checked in
+``setup`` before the run directory is created, so a bad run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from splitft.config import Config
+from splitft.data.prepare import PreparedData, prepare_data
+from splitft.data.tokenize import pad_id_of
+from splitft.errors import ConfigError
+from splitft.federated.client import Client
+from splitft.federated.codec import ByteLedger
+from splitft.federated.evaluate import EvalResult, evaluate
+from splitft.federated.loop import RoundLoop, client_role
+from splitft.federated.main_server import MainServer
+from splitft.federated.policy import FixedPolicy, resolve_cuts
+from splitft.model.loading import load_model, load_tokenizer
+from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, export_adapters, initial_adapters
+from splitft.model.split import SplitModel
+from splitft.report.plots import plot_run
+from splitft.report.rundir import RunDirectory
+from splitft.runtime import InProcessRuntime, Runtime
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built and checked by :func:`setup`."""
+
+    cfg: Config
+    tokenizer: Any
+    peft_model: PeftModel
+    model: SplitModel
+    layout: AdapterLayout
+    data: PreparedData
+    cuts: list[int]
+    clients: list[Client]
+    main_server: MainServer
+    runtime: Runtime
+    ledger: ByteLedger = field(default_factory=ByteLedger)
+
+    @property
+    def pad_id(self) -> int:
+        return pad_id_of(self.tokenizer)
+
+
+def setup(cfg: Config) -> Experiment:
+    """Validate ``cfg``, load tokenizer, data and model, and build the roles."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
+    base = load_model(
+        cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
+    )
+    probe = SplitModel(base)  # the family and depth, before LoRA is injected
+    cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, probe.num_blocks)
+    peft_model = attach_lora(
+        base, probe.family, cfg.lora.r_others, cfg.lora.alpha, cfg.lora.target_modules, cfg.seed
+    )
+    peft_model.to(device)
+    causal_lm = peft_model.base_model.model
+    model = SplitModel(causal_lm)
+    layout = AdapterLayout.of(causal_lm, model.family)
+    main_server = MainServer(model, layout, cfg, initial_adapters(causal_lm))
+    pad_id = pad_id_of(tokenizer)
+    clients = [
+        Client(i, model, layout, data.clients[i], cfg, pad_id) for i in range(cfg.federation.num_clients)
+    ]
+    runtime = InProcessRuntime({client_role(c.client_id): c for c in clients})
+    return Experiment(cfg, tokenizer, peft_model, model, layout, data, cuts, clients, main_server, runtime)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+
+def trainable_params(exp: Experiment, cuts: list[int]) -> tuple[list[int], list[int]]:
+    """LoRA parameters each client trains, and the server trains for it, at the rank trained."""
+    r_cut, layout, m = exp.cfg.lora.r_cut, exp.layout, exp.model.num_blocks
+    client, server = [], []
+    for cut in cuts:
+        for blocks, cut_block, out in ((range(cut), cut - 1, client), (range(cut, m), cut, server)):
+            ranks = copy_ranks(layout, blocks, cut_block, r_cut)
+            out.append(sum(layout.num_params(name, rank) for name, rank in ranks.items()))
+    return client, server
+
+
+def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
+    """Run every round, evaluate, and write metrics, plots, adapters and the summary."""
+    cfg = exp.cfg
+    loop = RoundLoop(cfg, exp.layout, exp.runtime, exp.main_server, FixedPolicy(exp.cuts), exp.ledger)
+    started = time.perf_counter()
+    best_val, best_round = float("inf"), None
+    final_test: EvalResult | None = None
+    rounds = cfg.federation.rounds
+    bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not progress)
+    for round_number in bar:
+        result = loop.run_round(round_number)
+        row: dict[str, Any] = {
+            "round": round_number,
+            "train_loss": result.train_loss,
+            "val_loss": None,
+            "test_ppl": None,
+            "test_acc": None,
+            "test_loss": None,
+            "cuts": result.cuts,
+            "clients": result.clients,
+            "policy": [d.reason for d in result.decisions],
+            "dropped": result.dropped,
+            **exp.ledger.round_totals(round_number),
+        }
+        if round_number % cfg.eval.every == 0 or round_number == rounds:
+            adapters = exp.main_server.global_adapters
+            val = _score(exp, adapters, exp.data.validation)
+            test = _score(exp, adapters, exp.data.test)
+            row.update(val_loss=val.loss, test_ppl=test.ppl, test_acc=test.acc, test_loss=test.loss)
+            final_test = test
+            if val.loss < best_val:
+                best_val, best_round = val.loss, round_number
+                run.write_folder("adapter-best", lambda p, a=adapters: _export(exp, a, p))
+            bar.set_postfix(loss=f"{result.train_loss:.3f}", test_ppl=f"{test.ppl:.2f}")
+        else:
+            bar.set_postfix(loss=f"{result.train_loss:.3f}")
+        row["wall_s"] = round(time.perf_counter() - started, 3)
+        run.append_metrics(row)
+
+    run.write_folder("adapter", lambda p: _export(exp, exp.main_server.global_adapters, p))
+    metrics = run.read_metrics()
+    plot_run(metrics, run.path)
+    summary = _summary(exp, metrics, final_test, best_round, time.perf_counter() - started)
+    run.write_json("summary.json", summary)
+    return RunResult(run.path, summary, metrics)
+
+
+def _score(exp: Experiment, adapters: dict[str, torch.Tensor], data) -> EvalResult:
+    return evaluate(exp.model, adapters, data, exp.pad_id, exp.cfg.eval.batch_size, exp.cfg.eval.max_samples)
+
+
+def _export(exp: Experiment, adapters: dict[str, torch.Tensor], folder: Path) -> None:
+    export_adapters(exp.peft_model, adapters, folder)
+    # What `splitft eval` needs to rebuild the base model the adapter belongs to.
+    model_cfg = exp.cfg.model
+    facts = {"model": model_cfg.name, "keep_layers": model_cfg.keep_layers, "tokenizer": model_cfg.tokenizer}
+    facts["seed"] = exp.cfg.seed  # the weights of a tiny random model depend on it
+    (folder / "splitft.json").write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def _summary(
+    exp: Experiment, metrics: list[dict], final: EvalResult | None, best_round: int | None, wall_s: float
+) -> dict[str, Any]:
+    evaluated = [m for m in metrics if m["test_ppl"] is not None]
+    client_params, server_params = trainable_params(exp, metrics[-1]["cuts"])
+    totals = exp.ledger.totals()
+    best = next((m for m in evaluated if m["round"] == best_round), None)
+    return {
+        "final_test_ppl": final.ppl if final else None,
+        "final_test_acc": final.acc if final else None,
+        "final_test_loss": final.loss if final else None,
+        "best_test_ppl": min((m["test_ppl"] for m in evaluated), default=None),
+        "best_test_acc": max((m["test_acc"] for m in evaluated), default=None),
+        "best_round": best_round,
+        "best_round_test_ppl": best["test_ppl"] if best else None,
+        "bytes_up": totals["bytes_up"],
+        "bytes_down": totals["bytes_down"],
+        "bytes_by_kind": totals["bytes_by_kind"],
+        "trainable_params_client": sum(client_params),
+        "trainable_params_server": sum(server_params),
+        "trainable_params_by_client": {"client": client_params, "server": server_params},
+        "wall_s": round(wall_s, 3),
+        "rounds": len(metrics),
+        "dropped_clients": sorted({d["client"] for m in metrics for d in m["dropped"]}),
+        "model": {
+            "name": exp.cfg.model.name,
+            "family": exp.model.family.name,
+            "blocks": exp.model.num_blocks,
+            "parameters": sum(p.numel() for p in exp.peft_model.parameters() if p.dtype.is_floating_point)
+            - sum(exp.layout.num_params(n, exp.layout.rank) for n in exp.layout.shapes),
+        },
+        "data": exp.data.facts,
+    }
+
+
+@contextlib.contextmanager
+def _failure_marker(run: RunDirectory) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as err:
+        run.mark_failed(f"{type(err).__name__}: {err}")
+        raise
+
+
+def train(cfg: Config, out_dir: str | Path, progress: bool = False) -> RunResult:
+    """Set up, create ``out_dir`` (must be new or empty), write the config and run."""
+    exp = setup(cfg)
+    run = RunDirectory.create(out_dir)
+    cfg.to_toml(run.path / "config.toml")
+    with _failure_marker(run):
+        return fit(exp, run, progress=progress)
