@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from splitft.config import add_config_arguments, config_from_args
+from splitft.config import Config, add_config_arguments, config_from_args
 from splitft.errors import SplitFTError
 
 Command = Callable[[argparse.Namespace], int]
@@ -49,6 +49,13 @@ def _bench(ns: argparse.Namespace) -> int:
     from splitft.bench import main as bench_main
 
     return bench_main(ns)
+
+
+def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
+    """An unknown ``--section.field`` of `train` gets the config's error, with a suggestion."""
+    if ns.command == "train" and unknown[0].startswith("--"):
+        key, _, value = unknown[0][2:].partition("=")
+        Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, unknown = parser.parse_known_args(argv)
     try:
+        if unknown:
+            _reject_unknown(ns, unknown)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return ns.run(ns)
     except SplitFTError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -110,13 +110,10 @@ def _smollm2_cached() -> Path:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """Tokenizer for model ``name``; tiny models use SmolLM2's. Pad = EOS where none is set."""
-    source = _smollm2_cached() if name == SMOLLM2 or name.startswith("tiny:") else name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as err:
-        raise ModelError(
-            f"tokenizer '{name}' cannot be found offline or on the hub: {_first_line(err)}"
-        ) from None
+    if name == SMOLLM2 or name.startswith("tiny:"):
+        tokenizer = AutoTokenizer.from_pretrained(_smollm2_cached())
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer, name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -137,23 +134,33 @@ def load_model(
         model = _tiny_model(name.removeprefix("tiny:"), vocab_size, seed)
     else:
         source = str(_smollm2_cached()) if name == SMOLLM2 else name
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        except (OSError, ValueError) as err:
-            raise ModelError(
-                f"model '{name}' cannot be loaded (not a local folder, not in the hub cache, and "
-                f"offline?): {_first_line(err)}. Allowed: {SMOLLM2}, tiny:<"
-                f"{'|'.join(TINY_CONFIGS)}>, a hub name or a local model folder"
-            ) from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch.float32)
     if keep_layers:
         _keep_first_blocks(model, keep_layers)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _from_pretrained(loader: type, name: str, **kwargs: object):
+    """``loader.from_pretrained(name)``: local folder or hub cache first, then the hub itself."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        try:
+            return loader.from_pretrained(name, local_files_only=True, **kwargs)
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or Path(name).exists():
+                raise
+            return loader.from_pretrained(name, **kwargs)  # online users: the ordinary download
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"model '{name}' cannot be loaded: not a local model folder, not in the Hugging Face cache, "
+            f"and not downloadable now ({_first_line(err)}). Allowed: {SMOLLM2}, "
+            f"tiny:<{'|'.join(TINY_CONFIGS)}>, a hub name or a local model folder"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _tiny_model(family: str, vocab_size: int | None, seed: int) -> torch.nn.Module:

@@ -1,0 +1,70 @@
+"""FedAvg of changes (design.md 2.3): weighted, per component, nothing decays."""
+
+from __future__ import annotations
+
+import torch
+
+from splitft.federated.aggregation import ChangeAccumulator
+
+A = "model.layers.0.self_attn.q_proj.lora_A.default.weight"  # (r, in)
+B = "model.layers.0.self_attn.q_proj.lora_B.default.weight"  # (out, r)
+
+
+def test_weighted_mean_of_changes_is_added_to_the_start():
+    start = {A: torch.randn(4, 6)}
+    one, two = start[A] + 1.0, start[A] - 2.0
+    acc = ChangeAccumulator()
+    acc.add(A, start[A], one, rank=4, weight=3.0)
+    acc.add(A, start[A], two, rank=4, weight=1.0)
+    merged = acc.apply(start)
+    assert torch.allclose(merged[A], start[A] + (3 * 1.0 + 1 * -2.0) / 4)
+
+
+def test_rank_cut_copy_changes_only_its_components_and_nothing_decays():
+    """A rank-2 copy of a rank-4 tensor: its zeroed components are 'not trained', not 'set to 0'."""
+    start = {A: torch.randn(4, 6), B: torch.randn(5, 4)}
+    copy_a = start[A].clone()
+    copy_a[2:] = 0  # how a rank-2 copy holds the tensor
+    copy_a[:2] += 0.5  # what it trained
+    copy_b = start[B].clone()
+    copy_b[:, 2:] = 0
+    copy_b[:, :2] -= 0.25
+    acc = ChangeAccumulator()
+    acc.add(A, start[A], copy_a, rank=2, weight=1.0)
+    acc.add(B, start[B], copy_b, rank=2, weight=1.0)
+    merged = acc.apply(start)
+    assert torch.allclose(merged[A][:2], start[A][:2] + 0.5)
+    assert torch.equal(merged[A][2:], start[A][2:])
+    assert torch.allclose(merged[B][:, :2], start[B][:, :2] - 0.25)
+    assert torch.equal(merged[B][:, 2:], start[B][:, 2:])
+
+
+def test_each_component_is_normalised_over_the_clients_that_trained_it():
+    start = {A: torch.zeros(4, 3)}
+    full = torch.ones(4, 3)  # rank 4, weight 1: change +1 everywhere
+    partial = torch.zeros(4, 3)
+    partial[:2] = 3.0  # rank 2, weight 1: change +3 on the first two rows only
+    acc = ChangeAccumulator()
+    acc.add(A, start[A], full, rank=4, weight=1.0)
+    acc.add(A, start[A], partial, rank=2, weight=1.0)
+    merged = acc.apply(start)[A]
+    assert torch.allclose(merged[:2], torch.full((2, 3), 2.0))  # (1 + 3) / 2
+    assert torch.allclose(merged[2:], torch.full((2, 3), 1.0))  # only the rank-4 copy trained these
+
+
+def test_client_and_server_sides_merge_with_one_normalisation():
+    """Fed server (client-side copies) and main server (server-side copies) sum, then divide once."""
+    start = {A: torch.zeros(2, 2)}
+    fed, main = ChangeAccumulator(), ChangeAccumulator()
+    fed.add(A, start[A], torch.full((2, 2), 4.0), rank=2, weight=1.0)
+    main.add(A, start[A], torch.full((2, 2), 1.0), rank=2, weight=3.0)
+    merged = fed.merge(main).apply(start)[A]
+    assert torch.allclose(merged, torch.full((2, 2), (4.0 + 3.0) / 4.0))
+
+
+def test_untrained_tensor_keeps_its_value():
+    start = {A: torch.randn(4, 6), B: torch.randn(5, 4)}
+    acc = ChangeAccumulator()
+    acc.add(A, start[A], start[A] + 1, rank=4, weight=1.0)
+    merged = acc.apply(start)
+    assert torch.equal(merged[B], start[B])
