@@ -101,6 +101,14 @@ class Partitioner(ABC):
                 f"num_partitions must be in [1, {len(value)}] (the dataset's sample count), got {self._num_partitions}"
             )
         self._dataset = value
+        try:
+            self._check_dataset(value)
+        except ValueError:
+            self._dataset = None
+            raise
+
+    def _check_dataset(self, value: Any) -> None:  # noqa: B027 - an optional hook
+        """Subclass hook: raise ValueError when ``value`` cannot be partitioned (it is set already)."""
 
     @property
     def is_dataset_assigned(self) -> bool:
@@ -132,13 +140,16 @@ class Partitioner(ABC):
         """JSON-able description of the partitioner's settings."""
         return {"kind": type(self).__name__, "num_partitions": self._num_partitions, "seed": self._seed}
 
-    def _canonical_order(self, values: Sequence[Any] | None = None) -> np.ndarray:
-        """Row indices sorted by (value, content digest): the same rows give the same order."""
+    def _canonical_order(self, primary: np.ndarray | None = None) -> np.ndarray:
+        """Row indices sorted by (``primary``, content digest): the same rows give the same order."""
         ds = self.dataset
-        keys = [_content_key(ds, i) for i in range(len(ds))]
-        if values is None:
-            return np.array(sorted(range(len(ds)), key=keys.__getitem__), dtype=np.int64)
-        return np.array(sorted(range(len(ds)), key=lambda i: (values[i], keys[i])), dtype=np.int64)
+        if hasattr(ds, "content_keys"):
+            keys = np.array(ds.content_keys())
+        else:
+            keys = np.array([_content_key(ds, i) for i in range(len(ds))])
+        if primary is None:
+            return np.argsort(keys, kind="stable").astype(np.int64)
+        return np.lexsort((keys, primary)).astype(np.int64)
 
     @abstractmethod
     def _assign(self, dataset: Any) -> list[list[int]]:
@@ -166,17 +177,17 @@ class IidPartitioner(Partitioner):
 def length_bins(values: Sequence[float], num_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Quantile bins of numeric ``values``: ``(bin index per value, inner edges)``.
 
-    Edges are the ``1/num_bins``, ..., ``(num_bins-1)/num_bins`` quantiles with duplicates
-    removed (many equal values give fewer bins); value ``v`` is in bin
-    ``searchsorted(edges, v, side="right")``, so a bin is ``[edge_{k-1}, edge_k)``.
+    The edges are the ``k/num_bins`` quantiles (k = 1..num_bins-1, "inverted CDF" method, so
+    each edge is a data value) without duplicates and without the maximum; bin ``k`` holds
+    ``edge_{k-1} < v <= edge_k``. Many equal values therefore give fewer, never empty, bins.
     """
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    qs = np.quantile(arr, np.linspace(0.0, 1.0, num_bins + 1)[1:-1])
+    qs = np.quantile(arr, np.linspace(0.0, 1.0, num_bins + 1)[1:-1], method="inverted_cdf")
     edges = np.unique(qs)
-    edges = edges[edges > arr.min()]  # an edge at the minimum would leave bin 0 empty
-    return np.searchsorted(edges, arr, side="right").astype(np.int64), edges
+    edges = edges[edges < arr.max()]  # an edge at the maximum would leave the top bin empty
+    return np.searchsorted(edges, arr, side="left").astype(np.int64), edges
 
 
 class LengthDirichletPartitioner(Partitioner):
@@ -239,20 +250,13 @@ class LengthDirichletPartitioner(Partitioner):
             raise ValueError(f"alpha must be > 0 and finite (0 < alpha < inf), got {alpha!r}")
         return arr
 
-    @Partitioner.dataset.setter  # type: ignore[attr-defined, untyped-decorator]
-    def dataset(self, value: Any) -> None:
-        Partitioner.dataset.fset(self, value)  # type: ignore[attr-defined]
+    def _check_dataset(self, value: Any) -> None:
         if self._min_partition_size * self._num_partitions > len(value):
-            self._dataset = None
             raise ValueError(
                 f"min_partition_size must be in [0, {len(value) // self._num_partitions}] for "
                 f"{len(value)} samples over num_partitions={self._num_partitions}, got {self._min_partition_size}"
             )
-        try:
-            self._values()  # fail early on an unknown column
-        except ValueError:
-            self._dataset = None
-            raise
+        self._values()  # fail early on an unknown column
 
     @property
     def alpha(self) -> list[float]:
@@ -322,8 +326,8 @@ class LengthDirichletPartitioner(Partitioner):
     def _assign(self, dataset: Any) -> list[list[int]]:
         classes = self.class_of_rows()
         values = self._values()
-        sortable = [(0, float(v)) if isinstance(v, numbers.Real) else (1, str(v)) for v in values]
-        order = self._canonical_order(sortable)
+        numeric = self._edges is not None
+        order = self._canonical_order(np.asarray(values, dtype=np.float64) if numeric else classes)
         rng = np.random.default_rng(self._seed)
         class_members = [order[classes[order] == c] for c in np.unique(classes)]
         smallest = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class TokenizedDataset:
     meta: list[dict[str, Any]] = field(default_factory=list)
     dropped: int = 0
     """Samples :func:`tokenize` dropped (fewer than 2 tokens, or no response token left)."""
+    _keys: list[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not len(self.input_ids) == len(self.loss_start) == len(self.meta):
@@ -102,10 +104,14 @@ class TokenizedDataset:
 
     def content_key(self, index: int) -> bytes:
         """A stable digest of sample ``index`` (ids and loss start), independent of its position."""
-        data = (
-            np.asarray(self.input_ids[index], dtype=np.int64).tobytes() + str(self.loss_start[index]).encode()
-        )
+        data = array("q", self.input_ids[index]).tobytes() + str(self.loss_start[index]).encode()
         return hashlib.blake2b(data, digest_size=16).digest()
+
+    def content_keys(self) -> list[bytes]:
+        """:meth:`content_key` of every sample, computed once (treat a built dataset as read-only)."""
+        if self._keys is None or len(self._keys) != len(self.input_ids):
+            self._keys = [self.content_key(i) for i in range(len(self.input_ids))]
+        return self._keys
 
 
 def pad_id_of(tokenizer: Any) -> int:

@@ -27,12 +27,14 @@ class Family:
     """Dotted path from the causal-LM module to the ``nn.ModuleList`` of decoder blocks."""
     lora_targets: tuple[str, ...]
     """Module-name suffixes LoRA adapts by default (the attention projections)."""
+    conv1d: bool = False
+    """Projections are GPT-2's ``Conv1D`` (weights stored transposed: PEFT's fan_in_fan_out)."""
 
 
 # model_type (from the HF config) -> layout. Targets are dotted suffixes so that GPT-2's
 # `c_proj` in the attention is not confused with the MLP's `c_proj`.
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("gpt2", "transformer.h", ("attn.c_attn", "attn.c_proj")),
+    "gpt2": Family("gpt2", "transformer.h", ("attn.c_attn", "attn.c_proj"), conv1d=True),
     "opt": Family("opt", "model.decoder.layers", ("q_proj", "k_proj", "v_proj", "out_proj")),
     "gpt_neo": Family(
         "gpt_neo",

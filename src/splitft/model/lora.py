@@ -46,7 +46,14 @@ def attach_lora(
             f"lora.target_modules is empty and family '{family.name}' has no default targets; "
             "name the modules to adapt, e.g. --lora.target_modules q_proj,v_proj"
         )
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=family.conv1d,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # LoRA's A initialisation is random: make it the run's seed
         try:
