@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from splitft.config import DataConfig
@@ -149,3 +152,194 @@ def test_bad_config_values(tmp_path: Path, override: dict, num_clients: int, see
 def test_missing_training_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         prepare_data(DataConfig(train=str(tmp_path / "none.txt")), WhitespaceTokenizer(), 2, 0)
+
+
+# --------------------------------------------------------------------------- the DataConfig switches
+
+
+def _write_gsm8k(root: Path, n: int = 12) -> None:
+    gsm = root / "gsm8k"
+    gsm.mkdir()
+    rows = [{"question": f"what is {i} plus {i} ?", "answer": f"it is {2 * i}"} for i in range(n)]
+    for name in ("train.jsonl", "test.jsonl"):
+        (gsm / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_pack_fills_chunks_and_keeps_eval_data_per_sample(tmp_path: Path) -> None:
+    cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 200)), max_length=8, heldout_fraction=0.1)
+    tok = WhitespaceTokenizer()
+    plain = prepare_data(cfg, tok, num_clients=3, seed=0)
+    packed = prepare_data(replace(cfg, pack=True), tok, num_clients=3, seed=0)
+    assert [c.lengths for c in packed.clients] != [c.lengths for c in plain.clients]  # the clients' rows ...
+    assert [h.input_ids for h in packed.heldout] == [h.input_ids for h in plain.heldout]  # ... the rest not
+    assert packed.validation.input_ids == plain.validation.input_ids
+    for before, after, facts in zip(plain.clients, packed.clients, packed.facts["clients"], strict=True):
+        assert all(n <= 8 for n in after.lengths) and all(n == 8 for n in after.lengths[:-1])
+        # every token of the client's samples, plus one EOS between consecutive samples
+        separators = len(before) - 1
+        assert after.num_tokens + after.dropped == before.num_tokens + separators
+        stream = [t for ids in before.input_ids for t in (*ids, tok.eos_token_id)][:-1]
+        assert [t for ids in after.input_ids for t in ids] == stream[: after.num_tokens]  # in order
+        assert facts["samples"] == len(after) and facts["source_samples"] == len(before)
+    again = prepare_data(replace(cfg, pack=True), tok, num_clients=3, seed=0)
+    assert [c.input_ids for c in again.clients] == [c.input_ids for c in packed.clients]
+    assert packed.facts["pack"] is True and "source_samples" not in plain.facts["clients"][0]
+
+
+def test_response_only_switch_and_packing_a_prompt_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_gsm8k(tmp_path)
+    monkeypatch.setenv("SPLITFT_DATA_DIR", str(tmp_path))
+    cfg = DataConfig(train="gsm8k", max_length=32, heldout_fraction=0.0, validation_fraction=0.25)
+    tok = WhitespaceTokenizer()
+    everything = prepare_data(replace(cfg, response_only=False), tok, num_clients=2, seed=0)
+    assert everything.facts["response_only"] is False
+    assert all(start == 0 for ds in everything.clients for start in ds.loss_start)
+    assert all(start == 0 for start in everything.test.loss_start)
+    with pytest.raises(
+        ConfigError, match="data.pack cannot keep the prompt mask.*data.response_only = false"
+    ):
+        prepare_data(replace(cfg, pack=True), tok, num_clients=2, seed=0)
+    packed = prepare_data(replace(cfg, pack=True, response_only=False), tok, num_clients=2, seed=0)
+    assert all(n <= 32 for ds in packed.clients for n in ds.lengths)
+
+
+def test_response_only_has_no_effect_on_plain_text(tmp_path: Path) -> None:
+    cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 60)))
+    on = prepare_data(cfg, WhitespaceTokenizer(), 2, seed=0)
+    off = prepare_data(replace(cfg, response_only=False), WhitespaceTokenizer(), 2, seed=0)
+    assert _flat(on) == _flat(off) and on.facts["response_only"] is off.facts["response_only"] is False
+
+
+def test_pack_needs_an_eos_token(tmp_path: Path) -> None:
+    cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 40)), pack=True)
+    tok = WhitespaceTokenizer()
+    tok.eos_token_id = None  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="data.pack needs a tokenizer with an EOS token"):
+        prepare_data(cfg, tok, 2, seed=0)
+
+
+def _rows(*datasets: TokenizedDataset) -> set[tuple[int, ...]]:
+    return {tuple(ids) for ds in datasets for ids in ds.input_ids}
+
+
+@pytest.mark.parametrize("partition", ["iid", "length-dirichlet"])
+def test_samples_per_client_caps_each_partition(tmp_path: Path, partition: str) -> None:
+    cfg = DataConfig(
+        train=str(_write_txt(tmp_path / "c.txt", 400)), heldout_fraction=0.25, partition=partition, alpha=1.0
+    )
+    tok = WhitespaceTokenizer()
+    full = prepare_data(cfg, tok, num_clients=4, seed=3)
+    capped = prepare_data(replace(cfg, samples_per_client=40), tok, num_clients=4, seed=3)
+    sizes = [c["samples"] + c["heldout_samples"] for c in full.facts["clients"]]
+    assert [c["samples"] + c["heldout_samples"] for c in capped.facts["clients"]] == [
+        min(n, 40) for n in sizes
+    ]
+    assert capped.facts["partition"]["assigned_samples"] == sum(min(n, 40) for n in sizes)
+    for i in range(4):  # a subset of the client's own partition; the held-out share is of the capped one
+        assert _rows(capped.clients[i], capped.heldout[i]) <= _rows(full.clients[i], full.heldout[i])
+        assert len(capped.heldout[i]) == round(0.25 * min(sizes[i], 40))
+    assert capped.facts["samples_per_client"] == 40
+    assert _flat(prepare_data(replace(cfg, samples_per_client=40), tok, num_clients=4, seed=3)) == _flat(
+        capped
+    )
+    loose = prepare_data(replace(cfg, samples_per_client=1000), tok, num_clients=4, seed=3)
+    assert _flat(loose) == _flat(full)  # a cap above every partition changes nothing
+
+
+def _write_genres(path: Path, per_genre: int = 40) -> Path:
+    genres = ["comedy", "tragedy", "history", "romance", "problem", "roman", "sonnet", "poem"]
+    rows = [
+        {"text": " ".join(f"{g}{i}_{k}" for k in range(2 + (i * 7) % 13)), "genre": g}
+        for g in genres
+        for i in range(per_genre)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_partition_by_a_meta_column_gives_each_client_few_values(tmp_path: Path) -> None:
+    cfg = DataConfig(
+        train=str(_write_genres(tmp_path / "g.jsonl")),
+        partition="length-dirichlet",
+        partition_by="genre",
+        alpha=0.05,
+        heldout_fraction=0.0,
+    )
+    tok = WhitespaceTokenizer()
+    skewed = prepare_data(cfg, tok, num_clients=4, seed=0)
+    spread = prepare_data(replace(cfg, alpha=100.0), tok, num_clients=4, seed=0)
+
+    def values(data: PreparedData) -> list[int]:
+        return [len({m["genre"] for m in ds.meta}) for ds in data.clients]
+
+    assert sum(values(skewed)) / 4 <= 3 < sum(values(spread)) / 4  # 8 genres in all
+    assert values(spread) == [8] * 4
+    assert skewed.facts["partition"]["partition_by"] == "genre"
+    assert skewed.facts["partition"]["class_js_mean"] > spread.facts["partition"]["class_js_mean"] + 0.3
+    iid = prepare_data(replace(cfg, partition="iid"), tok, num_clients=4, seed=0)  # iid ignores it
+    assert "class_js_mean" not in iid.facts["partition"] and values(iid) == [8] * 4
+
+
+def test_partition_by_an_unknown_column_is_a_config_error(tmp_path: Path) -> None:
+    cfg = DataConfig(
+        train=str(_write_genres(tmp_path / "g.jsonl")), partition="length-dirichlet", partition_by="play"
+    )
+    with pytest.raises(ConfigError, match=r"^partition_by='play' is not a column of row 0 .*genre, line"):
+        prepare_data(cfg, WhitespaceTokenizer(), 2, seed=0)
+
+
+def test_keep_headings_reaches_the_wikitext_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "wikitext-2" / "tokens"
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        text = "".join(f" = Title {k} = \n Text {k} of {split} here . \n" for k in range(6))
+        (folder / f"wiki.{split}.tokens").write_text(text, encoding="utf-8")
+    monkeypatch.setenv("SPLITFT_DATA_DIR", str(tmp_path))
+    cfg = DataConfig(train="wikitext-2", heldout_fraction=0.0)
+    tok = WhitespaceTokenizer()
+    dropped = prepare_data(cfg, tok, 2, seed=0)
+    kept = prepare_data(replace(cfg, keep_headings=True), tok, 2, seed=0)
+    assert (dropped.facts["train"]["samples"], kept.facts["train"]["samples"]) == (6, 12)
+    assert (len(dropped.test), len(kept.test)) == (6, 12)  # the corpus' own splits too
+    assert kept.facts["keep_headings"] is True
+    txt = replace(cfg, train=str(_write_txt(tmp_path / "c.txt", 30)), keep_headings=True)
+    assert prepare_data(txt, tok, 2, seed=0).facts["train"]["samples"] == 27  # other corpora ignore it
+
+
+def test_loaders_log_what_they_produced_and_facts_describe_clients(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 100)), heldout_fraction=0.0)
+    with caplog.at_level(logging.INFO, logger="splitft.data"):
+        data = prepare_data(cfg, WhitespaceTokenizer(), num_clients=2, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "splitft.data"]
+    assert len(lines) == 3
+    train = data.facts["train"]
+    assert lines[0].endswith(
+        f"train ({cfg.train}): {train['samples']} samples, {train['tokens']} tokens, 0 dropped"
+    )
+    assert "validation (fraction:0.05): 5 samples" in lines[1] and "test (fraction:0.05)" in lines[2]
+    for client, facts in zip(data.clients, data.facts["clients"], strict=True):
+        lengths = sorted(client.lengths)
+        assert facts["samples"] == len(client) and facts["tokens"] == sum(lengths)
+        assert facts["mean_length"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-3)
+        assert facts["median_length"] == float(np.median(lengths))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"samples_per_client": -1}, "data.samples_per_client must be >= 0"),
+        ({"partition_by": ""}, "data.partition_by must be 'length' or a meta column name"),
+        ({"partition_by": " genre"}, "data.partition_by must be"),
+        ({"pack": "false"}, "data.pack must be true or false"),
+        ({"response_only": 1}, "data.response_only must be true or false"),
+        ({"keep_headings": None}, "data.keep_headings must be true or false"),
+    ],
+)
+def test_bad_new_field_values(tmp_path: Path, override: dict, match: str) -> None:
+    cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 20)), **override)
+    with pytest.raises(ConfigError, match=match):
+        prepare_data(cfg, WhitespaceTokenizer(), num_clients=2, seed=0)

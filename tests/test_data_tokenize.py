@@ -19,6 +19,7 @@ from splitft.data.tokenize import (
     batches,
     collate,
     eval_batches,
+    pack,
     pad_id_of,
     tokenize,
 )
@@ -217,3 +218,65 @@ def test_real_smollm2_tokenizer_boundaries() -> None:
     assert ds.loss_start[1] == 0
     batch = collate([ds[0], ds[1]], pad_id=pad_id_of(tok))
     assert ((batch["labels"] == IGNORE_INDEX) | (batch["attention_mask"] == 1)).all()
+
+
+# --------------------------------------------------------------------------- packing and summaries
+
+
+def _plain(lengths: list[int]) -> TokenizedDataset:
+    """Samples of the given lengths whose ids (>= 10) tell sample and position apart."""
+    ids = [[10 + 1000 * i + k for k in range(n)] for i, n in enumerate(lengths)]
+    return TokenizedDataset(ids, [0] * len(ids), [{"row": i} for i in range(len(ids))])
+
+
+def test_pack_concatenates_with_eos_between_samples_into_full_chunks() -> None:
+    ds = _plain([3, 5, 2, 4])
+    packed = pack(ds, max_length=4, eos_id=1)
+    # stream: 3 + 1 + 5 + 1 + 2 + 1 + 4 = 17 tokens -> 4, 4, 4, 4 and one lone token (dropped)
+    assert packed.lengths == [4, 4, 4, 4] and packed.dropped == 1
+    assert packed.input_ids[0] == [10, 11, 12, 1]  # a sample, then the separator
+    assert packed.input_ids[1] == [1010, 1011, 1012, 1013]  # a sample runs on into the next chunk
+    assert packed.loss_start == [0] * 4 and packed.meta == [{"chunk": k} for k in range(4)]
+    assert pack(ds, max_length=4, eos_id=1).input_ids == packed.input_ids  # deterministic
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(2, 30), min_size=1, max_size=25), st.integers(2, 40))
+def test_pack_keeps_every_token_plus_one_separator_between_samples(
+    lengths: list[int], max_length: int
+) -> None:
+    ds = _plain(lengths)
+    packed = pack(ds, max_length, eos_id=1)
+    assert all(2 <= n <= max_length for n in packed.lengths)
+    assert all(n == max_length for n in packed.lengths[:-1])  # only the last chunk may be short
+    stream = [t for ids in packed.input_ids for t in ids]
+    expected = list(itertools.chain.from_iterable([*ids, 1] for ids in ds.input_ids))[:-1]
+    assert len(expected) == ds.num_tokens + len(lengths) - 1
+    # only a last chunk of a single token may be dropped
+    assert stream == expected[: len(stream)] and len(expected) - len(stream) == packed.dropped
+    assert packed.dropped == (1 if len(expected) % max_length == 1 else 0)
+
+
+def test_pack_refuses_prompts_and_bad_lengths() -> None:
+    prompted = TokenizedDataset([[5, 6, 7]], [1], [{}])
+    with pytest.raises(ValueError, match=r"loss_start > 0\) cannot be packed"):
+        pack(prompted, 8, eos_id=1)
+    for bad in (1, 2.0, True):
+        with pytest.raises(ValueError, match="max_length must be an integer >= 2"):
+            pack(_plain([3]), bad, eos_id=1)  # type: ignore[arg-type]
+    assert len(pack(TokenizedDataset(), 8, eos_id=1)) == 0
+
+
+def test_summary_counts_and_lengths() -> None:
+    assert _plain([2, 3, 10]).summary() == {
+        "samples": 3,
+        "tokens": 15,
+        "mean_length": 5.0,
+        "median_length": 3.0,
+    }
+    assert TokenizedDataset().summary() == {
+        "samples": 0,
+        "tokens": 0,
+        "mean_length": 0.0,
+        "median_length": 0.0,
+    }

@@ -3,6 +3,7 @@
     splitft train [--config F] [--out DIR] [--section.field VALUE ...]
     splitft eval --adapter DIR [--data SPEC] [--split test|validation]
     splitft bench [--quick]
+    splitft partition [--data SPEC] [--clients N] [--alpha A] [--bins B] [--out DIR] ...
 
 Any :class:`~splitft.errors.SplitFTError` (bad config value, missing data, unknown model)
 is printed as one ``error:`` line and exits with code 2, without a traceback.
@@ -51,6 +52,32 @@ def _bench(ns: argparse.Namespace) -> int:
     return bench_main(ns)
 
 
+def _partition(ns: argparse.Namespace) -> int:
+    from splitft.report.partition import load_report_tokenizer, partition_report, write_report
+
+    # The options are the run's config fields: the same parsing, checks and error messages.
+    cfg = Config().with_overrides(
+        {
+            "data.train": ns.data,
+            "data.partition": ns.partition,
+            "data.alpha": ns.alpha,
+            "data.bins": ns.bins,
+            "data.partition_by": ns.partition_by,
+            "data.max_length": ns.max_length,
+            "federation.num_clients": ns.clients,
+            "seed": ns.seed,
+        }
+    )
+    cfg.validate()
+    tokenizer = load_report_tokenizer(ns.tokenizer)
+    report = partition_report(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed, ns.tokenizer)
+    print(report.table())
+    if ns.out:
+        for path in write_report(report, ns.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
     """An unknown ``--section.field`` of `train` gets the config's error, with a suggestion."""
     if ns.command == "train" and unknown[0].startswith("--"):
@@ -95,6 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny model, few repeats: a smoke run")
     bench.add_argument("--out", default="", help="also write the results as JSON here")
     bench.set_defaults(run=_bench)
+
+    # Numbers are taken as text and parsed by the config, so a bad value is one `error:` line.
+    part = sub.add_parser(
+        "partition",
+        help="show how a partition spreads the training samples and their lengths over clients",
+        description="Partition the training data as `splitft train` would (same options, same seed) "
+        "and print per client: samples, tokens, mean and median length, the shares of the global "
+        "length bins and their Jensen-Shannon divergence to the global shares.",
+    )
+    part.add_argument(
+        "--data", default="shakespeare", help="corpus or file, as data.train (default: shakespeare)"
+    )
+    part.add_argument("--clients", default="5", metavar="N", help="number of clients (default: 5)")
+    part.add_argument(
+        "--partition", default="length-dirichlet", metavar="KIND", help="iid or length-dirichlet (default)"
+    )
+    part.add_argument(
+        "--alpha", default="0.5", metavar="A", help="Dirichlet concentration; small = skewed (default: 0.5)"
+    )
+    part.add_argument("--bins", default="10", metavar="B", help="number of length bins (default: 10)")
+    part.add_argument(
+        "--partition-by",
+        default="length",
+        metavar="BY",
+        help="'length' or a meta column such as genre or play (default: length; iid ignores it)",
+    )
+    part.add_argument("--seed", default="0", metavar="S", help="seed of the partition (default: 0)")
+    part.add_argument(
+        "--max-length", default="128", metavar="T", help="truncate samples at T tokens (default: 128)"
+    )
+    part.add_argument(
+        "--tokenizer",
+        default="smollm2-135m",
+        help="tokenizer of the lengths (default: smollm2-135m); 'whitespace' counts words: fast on huge corpora",
+    )
+    part.add_argument(
+        "--out", default="", metavar="DIR", help="also write partition.png and partition.json here"
+    )
+    part.set_defaults(run=_partition)
     return parser
 
 

@@ -79,8 +79,24 @@ class DataConfig:
     """Dirichlet concentration for 'length-dirichlet' (small = skewed, large = near IID)."""
     bins: int = 10
     """Number of length classes for 'length-dirichlet'."""
+    partition_by: str = "length"
+    """What 'length-dirichlet' skews: 'length' (token-length quantile bins) or a meta column
+    whose values are the classes, e.g. 'genre' or 'play' for shakespeare (the natural per-genre
+    or per-play split). 'iid' ignores it."""
+    samples_per_client: int = 0
+    """Keep at most this many samples of each client's partition, a seeded random subset
+    (0 = no cap; the paper uses 12000). Counted before packing, held-out part included."""
     heldout_fraction: float = 0.1
     """Share of each client's partition kept back for the allocation policy's accuracy check."""
+    pack: bool = False
+    """Concatenate each client's training samples, EOS between them, into chunks of max_length
+    tokens (for corpora of short samples). Done after partitioning, so the partition still
+    sees sample lengths; validation, test and held-out data stay one sample per row."""
+    keep_headings: bool = False
+    """Keep WikiText article and section headings as samples (no effect on other corpora)."""
+    response_only: bool = True
+    """Loss on the response tokens only for prompt/response corpora (e2e, gsm8k); false
+    trains on the prompt too. No effect on plain-text corpora, which have no prompt."""
 
 
 @dataclass
@@ -245,6 +261,7 @@ FIELD_TYPES: dict[str, Any] = {
 # Lowest allowed value of every bounded number field (0 where the docs give 0 a meaning).
 _MINIMUM = {
     "model.keep_layers": 0, "data.max_length": 2, "data.max_samples": 0, "data.bins": 1,
+    "data.samples_per_client": 0,
     "federation.num_clients": 1, "federation.rounds": 1, "federation.local_steps": 1,
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
@@ -272,6 +289,7 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
+        ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
     ]
 
 

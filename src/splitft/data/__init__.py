@@ -33,7 +33,7 @@ from splitft.data.partition import (
     length_bins,
     mean_js_to_global,
 )
-from splitft.data.prepare import PARTITIONS, PreparedData, prepare_data
+from splitft.data.prepare import PARTITIONS, PartitionedData, PreparedData, partition_data, prepare_data
 from splitft.data.tokenize import (
     IGNORE_INDEX,
     TokenizedDataset,
@@ -41,6 +41,7 @@ from splitft.data.tokenize import (
     batches,
     collate,
     eval_batches,
+    pack,
     pad_id_of,
     tokenize,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Corpus",
     "IidPartitioner",
     "LengthDirichletPartitioner",
+    "PartitionedData",
     "Partitioner",
     "PreparedData",
     "Sample",
@@ -76,7 +78,9 @@ __all__ = [
     "load_txt",
     "load_wikitext2",
     "mean_js_to_global",
+    "pack",
     "pad_id_of",
+    "partition_data",
     "prepare_data",
     "tokenize",
 ]

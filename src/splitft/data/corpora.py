@@ -521,18 +521,22 @@ KNOWN_CORPORA: dict[str, Callable[..., Corpus]] = {
 }
 """Named corpora for :func:`load_corpus` (options are passed to the loader)."""
 _ALIASES = {"wikitext-2-v1": "wikitext-2", "wikitext-2-raw-v1": "wikitext-2-raw", "e2e-nlg": "e2e"}
+_WIKITEXT_NAMES = ("wikitext-2", "wikitext-2-raw")
 _FILE_SUFFIXES = (".txt", ".jsonl")
 
 
-def load_corpus(spec: str, field: str = "text", **options: Any) -> Corpus:
+def load_corpus(spec: str, field: str = "text", keep_headings: bool = False, **options: Any) -> Corpus:
     """Load a corpus by name (see :data:`KNOWN_CORPORA`) or by path.
 
     A path is a ``.txt`` file (one sample per non-empty line), a ``.jsonl`` file (text in
-    ``field``) or a directory in the WikiText-2 layout. ``options`` go to the named loader
-    (e.g. ``keep_headings=True``, ``path=...``).
+    ``field``) or a directory in the WikiText-2 layout. ``keep_headings`` keeps WikiText's
+    heading lines as samples; other corpora have no such lines and ignore it. ``options`` go
+    to the named loader (e.g. ``path=...``).
     """
     key = spec.strip().lower()
     key = _ALIASES.get(key, key)
+    if key in _WIKITEXT_NAMES:
+        options["keep_headings"] = keep_headings
     if key in KNOWN_CORPORA:
         return KNOWN_CORPORA[key](**options)
     path = Path(spec).expanduser()
@@ -543,7 +547,7 @@ def load_corpus(spec: str, field: str = "text", **options: Any) -> Corpus:
     if path.is_dir():
         if not is_wikitext_dir(path):
             raise DataError(f"{path} is a folder but not in the WikiText-2 layout (expected tokens/ or raw/)")
-        return load_wikitext2(path=path, **options)
+        return load_wikitext2(path=path, keep_headings=keep_headings, **options)
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return load_txt(path)

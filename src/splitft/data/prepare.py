@@ -1,9 +1,12 @@
 """The data entry point of a run: config -> per-client tokenized training data.
 
 :func:`prepare_data` loads ``cfg.train``, settles the validation and test sets, caps the
-training samples, tokenizes everything, partitions the training samples over the clients and
-keeps a small held-out part of every client's partition back. Every random choice is drawn from
-``seed``, so the same config, tokenizer and seed give the same data.
+training samples, tokenizes everything, partitions the training samples over the clients, caps
+every client at ``cfg.samples_per_client``, keeps a small held-out part of every client's
+partition back and (``cfg.pack``) packs each client's training samples into full-length chunks.
+Every random choice is drawn from ``seed``, so the same config, tokenizer and seed give the
+same data. :func:`partition_data` is the stage up to the per-client cap; ``splitft partition``
+reports on it, so it shows exactly the partition a run with the same options trains on.
 
 Where validation/test come from, in order: an explicit ``cfg.validation`` / ``cfg.test``
 (a file or a corpus name: its own split of that name, else its train split), the training
@@ -13,6 +16,7 @@ training samples, held out before ``cfg.max_samples`` and partitioning.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +32,34 @@ from splitft.data.partition import (
     heldout_split,
     mean_js_to_global,
 )
-from splitft.data.tokenize import TokenizedDataset, tokenize
+from splitft.data.tokenize import TokenizedDataset, pack, tokenize
 from splitft.errors import ConfigError, DataError
 
-__all__ = ["PARTITIONS", "PreparedData", "prepare_data"]
+__all__ = ["PARTITIONS", "PartitionedData", "PreparedData", "partition_data", "prepare_data"]
+
+log = logging.getLogger("splitft.data")
 
 PARTITIONS = ("iid", "length-dirichlet")
 # Stream tags so that each random choice has its own generator derived from the run seed.
-_TAG_VALIDATION, _TAG_TEST, _TAG_MAX_SAMPLES, _TAG_HELDOUT = 1, 2, 3, 4
+_TAG_VALIDATION, _TAG_TEST, _TAG_MAX_SAMPLES, _TAG_HELDOUT, _TAG_CAP = 1, 2, 3, 4, 5
+
+
+@dataclass
+class PartitionedData:
+    """The partition stage of :func:`prepare_data`: tokenized splits and who holds which sample."""
+
+    corpus: Corpus
+    train: TokenizedDataset
+    """Tokenized training samples (validation/test carved out, ``max_samples`` applied)."""
+    validation: TokenizedDataset
+    test: TokenizedDataset
+    sources: dict[str, str]
+    """Where each split came from: the ``data.train`` spec, ``corpus``, ``file:...`` or ``fraction:...``."""
+    partitioner: Partitioner
+    parts: list[list[int]]
+    """Sorted indices into :attr:`train` of each client's samples, after the ``samples_per_client`` cap."""
+    response_only: bool
+    """Whether the loss skips prompts (``data.response_only`` and the corpus has prompts)."""
 
 
 @dataclass
@@ -63,6 +87,15 @@ def _check_config(cfg: DataConfig, num_clients: int, seed: int) -> None:
         raise ConfigError(f"data.max_length must be >= 2, got {cfg.max_length}")
     if cfg.max_samples < 0:
         raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {cfg.max_samples}")
+    if cfg.samples_per_client < 0:
+        raise ConfigError(f"data.samples_per_client must be >= 0 (0 = no cap), got {cfg.samples_per_client}")
+    if not cfg.partition_by or cfg.partition_by != cfg.partition_by.strip():
+        raise ConfigError(
+            f"data.partition_by must be 'length' or a meta column name, got {cfg.partition_by!r}"
+        )
+    for name in ("pack", "keep_headings", "response_only"):
+        if not isinstance(getattr(cfg, name), bool):  # a string such as "false" would be truthy
+            raise ConfigError(f"data.{name} must be true or false, got {getattr(cfg, name)!r}")
     for name in ("validation_fraction", "test_fraction", "heldout_fraction"):
         value = getattr(cfg, name)
         if not 0.0 <= value < 1.0:
@@ -90,8 +123,16 @@ def _carve(
     ]
 
 
-def _explicit_split(spec: str, split: str, field_name: str) -> list[Sample]:
-    corpus = load_corpus(spec, field=field_name)
+def _cap(part: list[int], limit: int, seed: tuple[int, ...]) -> list[int]:
+    """At most ``limit`` of ``part`` (0 = all), a seeded random subset, sorted."""
+    if not limit or len(part) <= limit:
+        return part
+    keep = np.random.default_rng(seed).choice(len(part), limit, replace=False)
+    return sorted(part[i] for i in keep.tolist())
+
+
+def _explicit_split(spec: str, split: str, cfg: DataConfig) -> list[Sample]:
+    corpus = load_corpus(spec, field=cfg.field, keep_headings=cfg.keep_headings)
     own = corpus.validation if split == "validation" else corpus.test
     return own if own is not None else corpus.train
 
@@ -108,17 +149,21 @@ def _split_facts(ds: TokenizedDataset) -> dict[str, int]:
 def _make_partitioner(cfg: DataConfig, num_clients: int, seed: int) -> Partitioner:
     if cfg.partition == "iid":
         return IidPartitioner(num_clients, seed=seed)
-    return LengthDirichletPartitioner(num_clients, alpha=cfg.alpha, num_bins=cfg.bins, seed=seed)
+    return LengthDirichletPartitioner(
+        num_clients, alpha=cfg.alpha, num_bins=cfg.bins, partition_by=cfg.partition_by, seed=seed
+    )
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -> PreparedData:
-    """Load, split, tokenize and partition the data of a run (see the module docstring).
+def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -> PartitionedData:
+    """Load, split, tokenize and partition the data of a run, up to the per-client cap.
 
-    Raises DataError for unusable data (including more clients than training samples, or a
-    partition that comes out empty) and ConfigError for out-of-range config values.
+    Logs one INFO line per split (``splitft.data``). Raises DataError for unusable data
+    (including more clients than training samples, or a partition that comes out empty) and
+    ConfigError for out-of-range config values, including a partitioner's refusal of its
+    arguments (e.g. a ``partition_by`` column the samples lack).
     """
     _check_config(cfg, num_clients, seed)
-    corpus: Corpus = load_corpus(cfg.train, field=cfg.field)
+    corpus: Corpus = load_corpus(cfg.train, field=cfg.field, keep_headings=cfg.keep_headings)
     train = list(corpus.train)
     sources: dict[str, str] = {}
     splits: dict[str, list[Sample]] = {}
@@ -127,7 +172,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -
         ("test", cfg.test, corpus.test, cfg.test_fraction, _TAG_TEST),
     ):
         if explicit:
-            splits[split], sources[split] = _explicit_split(explicit, split, cfg.field), f"file:{explicit}"
+            splits[split], sources[split] = _explicit_split(explicit, split, cfg), f"file:{explicit}"
         elif own is not None:
             splits[split], sources[split] = list(own), "corpus"
         else:
@@ -141,19 +186,26 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -
             f"data.train has {len(train)} samples, fewer than federation.num_clients={num_clients}"
         )
 
-    response_only = any("prompt_chars" in s.meta for s in train)
+    response_only = cfg.response_only and any("prompt_chars" in s.meta for s in train)
     train_ds = tokenize(train, tokenizer, cfg.max_length, response_only=response_only)
     validation = tokenize(splits["validation"], tokenizer, cfg.max_length, response_only=response_only)
     test = tokenize(splits["test"], tokenizer, cfg.max_length, response_only=response_only)
+    sources = {"train": cfg.train, **sources}
+    for split, ds in (("train", train_ds), ("validation", validation), ("test", test)):
+        counts = f"{len(ds)} samples, {ds.num_tokens} tokens, {ds.dropped} dropped"
+        log.info("%s %s (%s): %s", corpus.name, split, sources[split], counts)
     if len(train_ds) < num_clients:
         raise DataError(
             f"data.train has {len(train_ds)} samples after tokenization ({train_ds.dropped} dropped as too "
             f"short), fewer than federation.num_clients={num_clients}"
         )
 
-    partitioner = _make_partitioner(cfg, num_clients, seed)
     try:
+        partitioner = _make_partitioner(cfg, num_clients, seed)
         partitioner.dataset = train_ds
+    except ValueError as e:  # the partitioner's arguments do not fit: the config is at fault
+        raise ConfigError(str(e)) from e
+    try:
         parts = partitioner.partitions()
     except ValueError as e:
         raise DataError(f"data.partition={cfg.partition!r} cannot split data.train: {e}") from e
@@ -163,31 +215,67 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -
             f"data.partition={cfg.partition!r} left client(s) {empty} without samples; "
             "lower federation.num_clients or raise data.alpha"
         )
+    parts = [_cap(part, cfg.samples_per_client, (seed, _TAG_CAP, i)) for i, part in enumerate(parts)]
+    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
 
-    clients, heldout = [], []
-    for client, part in enumerate(parts):
+
+def _eos_for_packing(tokenizer: Any, response_only: bool) -> int:
+    if response_only:
+        raise ConfigError(
+            "data.pack cannot keep the prompt mask of a prompt/response corpus (a chunk mixes samples); "
+            "set data.response_only = false to pack it, or data.pack = false"
+        )
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if not isinstance(eos, int):
+        raise ConfigError("data.pack needs a tokenizer with an EOS token (the separator between samples)")
+    return eos
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -> PreparedData:
+    """Load, split, tokenize, partition and (``cfg.pack``) pack the data of a run.
+
+    See the module docstring and :func:`partition_data`, whose errors it raises; packing a
+    prompt/response corpus with ``response_only`` is a ConfigError.
+    """
+    staged = partition_data(cfg, tokenizer, num_clients, seed)
+    eos = _eos_for_packing(tokenizer, staged.response_only) if cfg.pack else None
+    clients, heldout, client_facts = [], [], []
+    for client, part in enumerate(staged.parts):
         keep, held = heldout_split(part, cfg.heldout_fraction, seed=(seed, _TAG_HELDOUT, client))
-        clients.append(train_ds.subset(keep))
-        heldout.append(train_ds.subset(held))
-
-    facts: dict[str, Any] = {
-        "corpus": corpus.describe(),
-        "max_length": cfg.max_length,
-        "response_only": response_only,
-        "sources": {"train": cfg.train, **sources},
-        "train": _split_facts(train_ds),
-        "validation": _split_facts(validation),
-        "test": _split_facts(test),
-        "partition": {**partitioner.describe(), "length_js_mean": round(mean_js_to_global(partitioner), 6)},
-        "clients": [
+        own, held_ds = staged.train.subset(keep), staged.train.subset(held)
+        trains_on = own if eos is None else pack(own, cfg.max_length, eos)
+        clients.append(trains_on)
+        heldout.append(held_ds)
+        client_facts.append(
             {
-                "samples": len(c),
-                "tokens": c.num_tokens,
-                "heldout_samples": len(h),
-                "heldout_tokens": h.num_tokens,
+                **trains_on.summary(),  # of the packed chunks when packing
+                **({"source_samples": len(own)} if eos is not None else {}),
+                "heldout_samples": len(held_ds),
+                "heldout_tokens": held_ds.num_tokens,
             }
-            for c, h in zip(clients, heldout, strict=True)
-        ],
+        )
+
+    partition: dict[str, Any] = {
+        **staged.partitioner.describe(),
+        "assigned_samples": sum(len(part) for part in staged.parts),
+        # JS of the partition itself, before the per-client cap (a random subset keeps its shape)
+        "length_js_mean": round(mean_js_to_global(staged.partitioner, cfg.bins), 6),
+    }
+    if cfg.partition != "iid" and cfg.partition_by != "length":
+        partition["class_js_mean"] = round(mean_js_to_global(staged.partitioner), 6)
+    facts: dict[str, Any] = {
+        "corpus": staged.corpus.describe(),
+        "max_length": cfg.max_length,
+        "response_only": staged.response_only,
+        "keep_headings": cfg.keep_headings,
+        "pack": cfg.pack,
+        "samples_per_client": cfg.samples_per_client,
+        "sources": staged.sources,
+        "train": _split_facts(staged.train),
+        "validation": _split_facts(staged.validation),
+        "test": _split_facts(staged.test),
+        "partition": partition,
+        "clients": client_facts,
         "seed": seed,
     }
-    return PreparedData(clients, heldout, validation, test, facts)
+    return PreparedData(clients, heldout, staged.validation, staged.test, facts)

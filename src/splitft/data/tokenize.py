@@ -3,6 +3,8 @@
 * :func:`tokenize` turns samples into a :class:`TokenizedDataset` (token ids, the offset where
   the loss starts, metadata) with any tokenizer that has the Hugging Face call interface
   ``tok(text, truncation=True, max_length=n)["input_ids"]``.
+* :func:`pack` concatenates the samples of a dataset (EOS between them) into chunks of
+  ``max_length`` tokens, for corpora of short samples.
 * :func:`collate` pads a list of items into ``input_ids`` / ``attention_mask`` / ``labels``
   tensors. Padding is marked by the attention mask only, never recognised by token id (the pad
   id may equal the EOS id), and labels are ``-100`` on padding and on the prompt part.
@@ -32,6 +34,7 @@ __all__ = [
     "batches",
     "collate",
     "eval_batches",
+    "pack",
     "pad_id_of",
     "tokenize",
 ]
@@ -93,6 +96,16 @@ class TokenizedDataset:
         return sum(
             len(ids) - max(start, 1) for ids, start in zip(self.input_ids, self.loss_start, strict=True)
         )
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able size facts: samples, tokens, mean and median sample length (0.0 when empty)."""
+        lengths = self.lengths
+        return {
+            "samples": len(lengths),
+            "tokens": sum(lengths),
+            "mean_length": round(float(np.mean(lengths)), 3) if lengths else 0.0,
+            "median_length": float(np.median(lengths)) if lengths else 0.0,
+        }
 
     def subset(self, indices: Sequence[int]) -> TokenizedDataset:
         """A new dataset holding the given samples, in the given order."""
@@ -202,6 +215,40 @@ def tokenize(
         log.info(
             "tokenize: dropped %d of %d samples (too short or no response token)", out.dropped, len(samples)
         )
+    return out
+
+
+def pack(dataset: TokenizedDataset, max_length: int, eos_id: int) -> TokenizedDataset:
+    """Concatenate the samples of ``dataset`` in order, ``eos_id`` between consecutive ones, and
+    cut that stream into chunks of ``max_length`` tokens.
+
+    Every chunk but the last is full, and a sample may run on from one chunk into the next (as
+    in GPT-style pre-training), so the chunks hold every token of the samples plus
+    ``len(dataset) - 1`` separators; only a last chunk of a single token is dropped (nothing
+    to predict from it) and counted in ``dropped``. Every token of a chunk is a loss target, so
+    samples with a prompt (``loss_start > 0``) are refused. Chunk ``k`` has meta ``{"chunk": k}``.
+    """
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if any(dataset.loss_start):
+        raise ValueError(
+            "pack: samples with a prompt (loss_start > 0) cannot be packed, a chunk keeps no per-sample "
+            "prompt mask; tokenize them with response_only=False first"
+        )
+    stream: list[int] = []
+    for k, ids in enumerate(dataset.input_ids):
+        if k:
+            stream.append(eos_id)
+        stream.extend(ids)
+    out = TokenizedDataset()
+    for start in range(0, len(stream), max_length):
+        chunk = stream[start : start + max_length]
+        if len(chunk) < 2:
+            out.dropped += 1
+            continue
+        out.input_ids.append(chunk)
+        out.loss_start.append(0)
+        out.meta.append({"chunk": len(out.meta)})
     return out
 
 

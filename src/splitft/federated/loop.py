@@ -88,19 +88,20 @@ class RoundLoop:
             self.main_server.begin_round(i, cut)
         clients = self._call_clients(round_number, calls, dropped)
 
-        # 2. Split steps: all clients forward, the server serves them in order, all backward.
+        # 2. Split steps. Each client's step runs forward -> server -> backward before the
+        # next client starts, so only one client's activations are alive at a time (the
+        # virtual clock, not this order, models clients running in parallel).
         loss_sum, tokens = 0.0, 0
         for step in range(self.cfg.federation.local_steps):
             global_step = (round_number - 1) * self.cfg.federation.local_steps + step
-            smashed = self._call_clients(
-                round_number, [(i, "forward_step", control(step=global_step)) for i in clients], dropped
-            )
-            grads = []
-            for i, payload in smashed.items():
-                grad, stats = self.main_server.train_step(i, payload, global_step)
+            for i in list(clients):
+                smashed = self._call_clients(round_number, [(i, "forward_step", control(step=global_step))], dropped)
+                if i not in smashed:
+                    continue
+                grad, stats = self.main_server.train_step(i, smashed[i], global_step)
                 loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
-                grads.append((i, "backward_step", grad))
-            clients = self._call_clients(round_number, grads, dropped)
+                self._call_clients(round_number, [(i, "backward_step", grad)], dropped)
+            clients = [i for i in clients if i not in self.dropped]
 
         # 3. Upload client-side adapters; merge both sides' changes into the global set.
         uploads = self._call_clients(round_number, [(i, "end_round", control()) for i in clients], dropped)

@@ -1,0 +1,67 @@
+"""`splitft bench --quick` end to end: the JSON it writes holds every measurement, and they add up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from splitft.cli import main
+from splitft.federated.codec import WIRE_DTYPES
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    # One thread here and in the probes: on a small shared machine, intra-op threads waiting on
+    # each other make the tiny model's many small ops several times slower.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        try:
+            # A short batch keeps the tiny model's step (dominated by its 49k-token head) fast.
+            argv = ["bench", "--quick", "--batch-size", "2", "--length", "32", "--out", str(out)]
+            assert main(argv) == 0
+        finally:
+            torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_json_has_every_section(results: dict) -> None:
+    assert set(results) >= {"machine", "settings", "step", "bytes", "memory"}
+    assert results["machine"]["torch_threads"] >= 1 and results["machine"]["cpu_count"] >= 1
+    assert results["settings"]["model"] == "tiny:llama" and results["settings"]["repeats"] == 2
+    assert results["settings"]["tokens_per_step"] == 2 * 32
+
+
+def test_step_times_are_positive(results: dict) -> None:
+    step = results["step"]
+    assert len(step["unsplit_s"]) == len(step["split_s"]) == 2
+    assert all(t > 0 for t in step["unsplit_s"] + step["split_s"])
+    assert step["ratio"] == pytest.approx(step["split_median_s"] / step["unsplit_median_s"])
+    assert step["ratio"] > 0 and step["split_tokens_per_s"] > 0 and step["unsplit_tokens_per_s"] > 0
+    assert step["pending_graph_mb"] > 0 and step["codec_fp32_s"] > 0
+
+
+def test_bytes_per_step_match_the_tensor_size(results: dict) -> None:
+    b, t, d = 2, 32, results["settings"]["dim"]
+    assert set(results["bytes"]) == set(WIRE_DTYPES)
+    for name, dtype in WIRE_DTYPES.items():
+        wire = results["bytes"][name]
+        header = wire["expected_payload"] - b * t * d * dtype.itemsize
+        assert header == 11 + 8 * 3  # fixed tensor header + three uint64 dims
+        assert wire["activation_payload"] == wire["gradient_payload"] == wire["expected_payload"]
+        assert wire["exact"]
+        assert wire["activation_msg"] == wire["activation_payload"] + wire["overhead_up"]
+        assert wire["per_step"] == wire["activation_msg"] + wire["gradient_msg"]
+        assert 0 < wire["overhead_down"] < 100  # framing and the control record only
+
+
+def test_memory_probes_report_a_peak(results: dict) -> None:
+    mem = results["memory"]
+    assert [run["clients"] for run in mem["runs"]] == [4, 8]
+    assert all(run["maxrss_mb"] > 0 and run["setup_s"] > 0 and run["round_s"] > 0 for run in mem["runs"])
+    assert mem["adapter_params_per_client"] > 0
+    assert mem["state_per_client_mb"] == pytest.approx(mem["adapter_params_per_client"] * 12 / 1e6)
