@@ -95,7 +95,9 @@ class RoundLoop:
         for step in range(self.cfg.federation.local_steps):
             global_step = (round_number - 1) * self.cfg.federation.local_steps + step
             for i in list(clients):
-                smashed = self._call_clients(round_number, [(i, "forward_step", control(step=global_step))], dropped)
+                smashed = self._call_clients(
+                    round_number, [(i, "forward_step", control(step=global_step))], dropped
+                )
                 if i not in smashed:
                     continue
                 grad, stats = self.main_server.train_step(i, smashed[i], global_step)
