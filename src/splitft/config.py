@@ -65,7 +65,7 @@ class DataConfig:
     """Validation file ('' = the corpus' own validation split, or a held-out fraction of train)."""
     field: str = "text"
     """JSONL field holding the text."""
-    max_length: int = 128
+    max_length: int = 64
     """Samples are truncated to this many tokens."""
     test_fraction: float = 0.05
     """Share of train held out as test when there is no test split."""
