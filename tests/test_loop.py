@@ -53,8 +53,9 @@ def experiment(tmp_path):
     return setup(cfg)
 
 
-def make_loop(exp, runtime):
-    return RoundLoop(exp.cfg, exp.layout, runtime, exp.main_server, FixedPolicy(exp.cuts), exp.ledger)
+def make_loop(exp, runtime, policy=None):
+    policy = policy or FixedPolicy(exp.cuts)
+    return RoundLoop(exp.cfg, exp.layout, runtime, exp.main_server, policy, exp.ledger, exp.timer, exp.cuts)
 
 
 def test_bytes_counted_equal_bytes_sent(experiment):

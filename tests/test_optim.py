@@ -23,7 +23,7 @@ def test_warmup_is_linear_then_schedules_decay_to_zero():
 
 def test_optimizer_clips_and_uses_the_scheduled_rate():
     w = torch.zeros(3, requires_grad=True)
-    opt = AdapterOptimizer([w], TrainConfig(lr=0.1, max_grad_norm=1.0, warmup_steps=2), total_steps=10)
+    opt = AdapterOptimizer({"w": w}, TrainConfig(lr=0.1, max_grad_norm=1.0, warmup_steps=2), total_steps=10)
     w.grad = torch.tensor([30.0, 40.0, 0.0])  # norm 50, clipped to 1
     opt.step(0)
     assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -227,9 +227,7 @@ def wire_bytes(batch_size: int, length: int, dim: int) -> dict[str, dict[str, An
 def child_probe(model_name: str, clients: int, corpus: str) -> dict[str, Any]:
     """In a fresh process: build ``clients`` clients and the server, run one round, report the peak."""
     # Imported here: only the probe needs the training stack (data preparation, plots).
-    from splitft.federated.loop import RoundLoop
-    from splitft.federated.policy import FixedPolicy
-    from splitft.train import setup
+    from splitft.train import make_loop, setup
 
     overrides = {"model.name": model_name, "federation.num_clients": clients, "federation.rounds": 1}
     overrides |= {"data.train": corpus, "data.max_length": _CHILD_LENGTH, "train.batch_size": 1}
@@ -237,7 +235,7 @@ def child_probe(model_name: str, clients: int, corpus: str) -> dict[str, Any]:
     start = time.perf_counter()
     exp = setup(cfg)
     built = time.perf_counter()
-    loop = RoundLoop(cfg, exp.layout, exp.runtime, exp.main_server, FixedPolicy(exp.cuts), exp.ledger)
+    loop = make_loop(exp)
     result = loop.run_round(1)
     if result.dropped:
         raise RuntimeError(f"clients dropped during the probe round: {result.dropped}")

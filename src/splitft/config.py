@@ -34,11 +34,13 @@ except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
 # these, and validate() reads them at call time.
 SCHEDULES = ("constant", "linear", "cosine")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
-AGGREGATIONS = ("fedavg",)
+AGGREGATIONS = ("fedavg", "svd")
 RUNTIMES = ("inprocess",)
 DEVICES = ("auto", "cpu", "cuda")
 PARTITIONS = ("iid", "length-dirichlet")
-POLICIES = ("fixed",)
+POLICIES = ("fixed", "accuracy", "resource", "splitft")
+DEVICE_PRESETS = ("homogeneous", "hetero")
+CLOCK_ORDERS = ("parallel", "sequential")
 
 
 @dataclass
@@ -167,7 +169,32 @@ class CodecConfig:
 @dataclass
 class PolicyConfig:
     name: str = "fixed"
-    """Allocation policy: 'fixed' (cuts from split.cuts every round)."""
+    """Allocation policy: 'fixed' (split.cuts every round), 'accuracy' (the paper's rule),
+    'resource' (minimise the predicted round time within memory) or 'splitft' (resource bounds
+    each client's range, accuracy steers inside it)."""
+    gamma: float = 1.0
+    """Accuracy rule: w_i = 1 + gamma * (acc_i - mean acc)."""
+    tolerance: float = 0.01
+    """Accuracy rule: a client moves one block only when |w_i - 1| exceeds this."""
+    slack: float = 0.25
+    """splitft: a client's cut range is every cut that keeps the predicted round time within
+    (1 + slack) of the best."""
+    heldout_samples: int = 16
+    """Held-out samples per client on which the accuracy policies score the global model."""
+
+
+@dataclass
+class DevicesConfig:
+    preset: str = "homogeneous"
+    """Client devices: 'homogeneous' (every client a laptop-class device) or 'hetero' (a mix
+    from phone to workstation, see federated/devices.py), unless 'clients' is given."""
+    clients: list[str] = field(default_factory=list)
+    """One device tier per client (phone-low, phone-high, tablet, laptop, workstation), or one
+    for all; overrides 'preset'."""
+    server: str = "idle"
+    """Main server speed for the virtual clock: 'idle', 'busy', or effective FLOP/s (e.g. 2e12)."""
+    order: str = "parallel"
+    """Virtual clock: clients in 'parallel', or 'sequential' (the paper's Algorithm 1)."""
 
 
 @dataclass
@@ -181,8 +208,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
     aggregation: str = "fedavg"
-    """How client changes are merged: 'fedavg' (average the changes of A and B)."""
+    """How client changes are merged: 'fedavg' (average the changes of A and B, the paper) or
+    'svd' (average the updates B*A and keep their best rank-r_others approximation; every merge
+    changes the basis, so optimizer state restarts each round: prefer several local steps)."""
     runtime: str = "inprocess"
     """How calls between roles travel: 'inprocess'."""
     seed: int = 0
@@ -265,7 +295,8 @@ _MINIMUM = {
     "federation.num_clients": 1, "federation.rounds": 1, "federation.local_steps": 1,
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
-    "eval.batch_size": 1, "threads": 0,
+    "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
+    "policy.slack": 0,
 }
 # fmt: on
 _POSITIVE = ("lora.alpha", "train.lr", "data.alpha")
@@ -278,7 +309,8 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     # fmt: off
     choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES,
-               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES}
+               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES,
+               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),

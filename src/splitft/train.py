@@ -36,7 +36,8 @@ from splitft.federated.codec import ByteLedger
 from splitft.federated.evaluate import EvalResult, evaluate
 from splitft.federated.loop import RoundLoop, client_role
 from splitft.federated.main_server import MainServer
-from splitft.federated.policy import FixedPolicy, resolve_cuts
+from splitft.federated.policy import make_policy, resolve_cuts
+from splitft.federated.timing import RoundTimer
 from splitft.model.loading import load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, export_adapters, initial_adapters
 from splitft.model.split import SplitModel
@@ -64,6 +65,7 @@ class Experiment:
     layout: AdapterLayout
     data: PreparedData
     cuts: list[int]
+    timer: RoundTimer
     clients: list[Client]
     main_server: MainServer
     runtime: Runtime
@@ -87,6 +89,13 @@ def setup(cfg: Config) -> Experiment:
     )
     probe = SplitModel(base)  # the family and depth, before LoRA is injected
     cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, probe.num_blocks)
+    timer = RoundTimer(cfg, base.config, probe.num_blocks)
+    for i, (cut, most) in enumerate(zip(cuts, timer.max_cut, strict=True)):
+        if cut > most:
+            raise ConfigError(
+                f"split.cuts gives client {i} cut {cut}, but its device ({timer.devices[i].name}) holds at most "
+                f"{most} blocks at batch {cfg.train.batch_size} x {cfg.data.max_length} tokens; use a cut <= {most}"
+            )
     peft_model = attach_lora(
         base, probe.family, cfg.lora.r_others, cfg.lora.alpha, cfg.lora.target_modules, cfg.seed
     )
@@ -97,10 +106,13 @@ def setup(cfg: Config) -> Experiment:
     main_server = MainServer(model, layout, cfg, initial_adapters(causal_lm))
     pad_id = pad_id_of(tokenizer)
     clients = [
-        Client(i, model, layout, data.clients[i], cfg, pad_id) for i in range(cfg.federation.num_clients)
+        Client(i, model, layout, data.clients[i], cfg, pad_id, data.heldout[i])
+        for i in range(cfg.federation.num_clients)
     ]
     runtime = InProcessRuntime({client_role(c.client_id): c for c in clients})
-    return Experiment(cfg, tokenizer, peft_model, model, layout, data, cuts, clients, main_server, runtime)
+    return Experiment(
+        cfg, tokenizer, peft_model, model, layout, data, cuts, timer, clients, main_server, runtime
+    )
 
 
 @dataclass
@@ -121,10 +133,19 @@ def trainable_params(exp: Experiment, cuts: list[int]) -> tuple[list[int], list[
     return client, server
 
 
+def make_loop(exp: Experiment) -> RoundLoop:
+    """The round loop of ``exp`` with the configured allocation policy."""
+    p = exp.cfg.policy
+    policy = make_policy(p.name, exp.cuts, p.gamma, p.tolerance, p.slack)
+    return RoundLoop(
+        exp.cfg, exp.layout, exp.runtime, exp.main_server, policy, exp.ledger, exp.timer, exp.cuts
+    )
+
+
 def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
     """Run every round, evaluate, and write metrics, plots, adapters and the summary."""
     cfg = exp.cfg
-    loop = RoundLoop(cfg, exp.layout, exp.runtime, exp.main_server, FixedPolicy(exp.cuts), exp.ledger)
+    loop = make_loop(exp)
     started = time.perf_counter()
     best_val, best_round = float("inf"), None
     final_test: EvalResult | None = None
@@ -142,6 +163,13 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
             "cuts": result.cuts,
             "clients": result.clients,
             "policy": [d.reason for d in result.decisions],
+            "acc_by_client": {str(i): a for i, a in result.accuracy.items()},
+            "w_by_client": {str(i): w for i, w in result.weights.items()},
+            "virtual_s": result.virtual_s,
+            "round_virtual_s": result.timing.makespan_s,
+            "server_busy_share": result.timing.server_busy_share,
+            "canonicalized_blocks": result.canonicalized,
+            "svd_truncation_error": result.truncation_error,
             "dropped": result.dropped,
             **exp.ledger.round_totals(round_number),
         }
@@ -154,9 +182,9 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
             if val.loss < best_val:
                 best_val, best_round = val.loss, round_number
                 run.write_folder("adapter-best", lambda p, a=adapters: _export(exp, a, p))
-            bar.set_postfix(loss=f"{result.train_loss:.3f}", test_ppl=f"{test.ppl:.2f}")
+            bar.set_postfix(loss=_fmt(result.train_loss), test_ppl=f"{test.ppl:.2f}")
         else:
-            bar.set_postfix(loss=f"{result.train_loss:.3f}")
+            bar.set_postfix(loss=_fmt(result.train_loss))
         row["wall_s"] = round(time.perf_counter() - started, 3)
         run.append_metrics(row)
 
@@ -166,6 +194,10 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
     summary = _summary(exp, metrics, final_test, best_round, time.perf_counter() - started)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _score(exp: Experiment, adapters: dict[str, torch.Tensor], data) -> EvalResult:
@@ -203,7 +235,15 @@ def _summary(
         "trainable_params_server": sum(server_params),
         "trainable_params_by_client": {"client": client_params, "server": server_params},
         "wall_s": round(wall_s, 3),
+        "virtual_s": metrics[-1]["virtual_s"],
         "rounds": len(metrics),
+        "policy": exp.cfg.policy.name,
+        "devices": {
+            "clients": [d.to_dict() for d in exp.timer.devices],
+            "server": exp.timer.server.to_dict(),
+            "order": exp.cfg.devices.order,
+            "max_cut": exp.timer.max_cut,
+        },
         "dropped_clients": sorted({d["client"] for m in metrics for d in m["dropped"]}),
         "model": {
             "name": exp.cfg.model.name,

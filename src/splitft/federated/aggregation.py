@@ -1,23 +1,39 @@
 """Merging client changes into the global adapter set (design.md 2.3).
 
-Each client's change of each LoRA component against the round's starting global is averaged
-with weights ``|D_i|``, normalised over the clients that trained *that component* (a copy at
-rank ``r_cut`` trains only the first ``r_cut`` components), and added to the global. A
-component nobody trained keeps its value, so nothing decays.
+Every client owns a full adapter stack: its client-side copy (blocks ``< cut``, uploaded to the
+fed server) and its server-side copy (blocks ``>= cut``, on the main server). Each copy of a
+tensor was trained at some rank (``r_cut`` for a cut block, else ``r_others``): a
+:class:`Contribution` says which.
 
-The work is split in two so that each server adds what it holds: the fed server accumulates
-the client-side copies, the main server the server-side ones, and the main server merges
-both accumulators (sums of weighted changes and of weights, so the joint normalisation over
-both sides is exact) into one global set.
+* ``fedavg`` (the paper): each client's change of each LoRA component (row of A, column of B)
+  against the round's starting global is averaged with weights ``|D_i|``, normalised over the
+  clients that trained *that component*, and added to the global. A component nobody trained
+  keeps its value, so nothing decays. The fed server and the main server each sum what they
+  hold (weighted changes and weights), and the main server merges both sums, so the joint
+  normalisation is exact.
+* ``svd``: per adapted module, the weighted mean change of the update ``B @ A`` is added to the
+  start and the best rank-``r_others`` approximation is stored, in canonical form
+  (``lowrank.svd_merge``): no cross-term error, only a truncation error, which is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from splitft.model.lora import Adapters, component_mask
+from splitft.federated.lowrank import svd_merge
+from splitft.model.lora import Adapters, component_mask, lora_pairs
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One client's trained copy of some tensors, the rank each was trained at, its weight."""
+
+    weight: float
+    tensors: Mapping[str, torch.Tensor]
+    ranks: Mapping[str, int]
 
 
 class ChangeAccumulator:
@@ -33,6 +49,12 @@ class ChangeAccumulator:
         change = (trained - start) * mask
         self.weighted[name] = self.weighted.get(name, 0) + weight * change
         self.weights[name] = self.weights.get(name, 0) + weight * mask
+
+    def add_all(self, start: Adapters, contributions: Sequence[Contribution]) -> ChangeAccumulator:
+        for c in contributions:
+            for name, tensor in c.tensors.items():
+                self.add(name, start[name], tensor, c.ranks[name], c.weight)
+        return self
 
     def merge(self, other: ChangeAccumulator) -> ChangeAccumulator:
         out = ChangeAccumulator()
@@ -53,3 +75,39 @@ class ChangeAccumulator:
             mean = self.weighted[name] / torch.where(total > 0, total, torch.ones_like(total))
             merged[name] = tensor + mean
         return merged
+
+
+def merge_svd(start: Adapters, contributions: Sequence[Contribution], rank: int) -> tuple[Adapters, float]:
+    """The ``svd`` merge of every adapted module; returns the new set and the total truncation error."""
+    merged = {name: tensor.clone() for name, tensor in start.items()}
+    total_error = 0.0
+    for a_name, b_name in lora_pairs(start):
+        a0, b0 = start[a_name], start[b_name]
+        updates = []
+        for c in contributions:
+            if a_name not in c.tensors:
+                continue
+            r = c.ranks[a_name]
+            a_start = a0 * component_mask(a_name, a0.shape, r).to(a0.device)
+            b_start = b0 * component_mask(b_name, b0.shape, r).to(b0.device)
+            updates.append((c.weight, c.tensors[a_name], c.tensors[b_name], a_start, b_start))
+        if not updates:
+            continue
+        merged[a_name], merged[b_name], error = svd_merge((a0, b0), updates, rank)
+        total_error += error**2
+    return merged, total_error**0.5
+
+
+def merge(
+    start: Adapters,
+    client_side: Sequence[Contribution],
+    server_side: Sequence[Contribution],
+    mode: str,
+    rank: int,
+) -> tuple[Adapters, float]:
+    """The new global set from both sides' contributions; the truncation error (0 for fedavg)."""
+    if mode == "svd":
+        return merge_svd(start, [*client_side, *server_side], rank)
+    fed = ChangeAccumulator().add_all(start, client_side)
+    main = ChangeAccumulator().add_all(start, server_side)
+    return fed.merge(main).apply(start), 0.0

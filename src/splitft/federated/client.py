@@ -15,7 +15,7 @@ from splitft.config import Config
 from splitft.data.tokenize import TokenizedDataset, batches, collate
 from splitft.federated.codec import Entry, encode_message
 from splitft.federated.messages import adapter_entries, control, read, read_adapters
-from splitft.federated.optim import AdapterOptimizer
+from splitft.federated.optim import AdapterOptimizer, retarget
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel
 
@@ -29,11 +29,13 @@ class Client:
         data: TokenizedDataset,
         cfg: Config,
         pad_id: int,
+        heldout: TokenizedDataset | None = None,
     ) -> None:
         self.client_id = client_id
         self.model = model
         self.layout = layout
         self.data = data
+        self.heldout = heldout if heldout is not None else TokenizedDataset()
         self.cfg = cfg
         self.pad_id = pad_id
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
@@ -50,21 +52,45 @@ class Client:
         return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.r_cut)
 
     def begin_round(self, payload: bytes) -> bytes:
-        """Take the round's cut and the global adapters of blocks ``[0, cut)``."""
+        """Take the round's cut and the global adapters of blocks ``[0, cut)``.
+
+        Adapters may be left out when this client already holds the current global set for its
+        range (sent with the last held-out check). Tensors of blocks it keeps across a cut
+        change keep their optimizer state; ``reset`` names those whose basis changed.
+        """
         message = read(payload)
-        cut = int(message["control"]["cut"])
-        if cut != self.cut:  # new block range: new tensors, fresh optimizer state
-            device = self.model.device
+        meta = message["control"]
+        cut = int(meta["cut"])
+        if cut != self.cut:
             self.cut = cut
-            names = self.layout.names(range(cut))
-            self.params = {
-                n: torch.zeros(self.layout.shapes[n], device=device, requires_grad=True) for n in names
-            }
-            self.optimizer = AdapterOptimizer(self.params.values(), self.cfg.train, self.total_steps)
+            self.params, self.optimizer = retarget(
+                self.params,
+                self.optimizer,
+                self.layout.names(range(cut)),
+                self.layout.shapes,
+                self.model.device,
+                self.cfg.train,
+                self.total_steps,
+            )
+        self.optimizer.reset(self.params if meta.get("reset_all") else meta.get("reset", []))
         with torch.no_grad():
             for name, tensor in read_adapters(message, self.layout).items():
                 self.params[name].copy_(tensor)
         return control(ok=True)
+
+    def heldout_forward(self, payload: bytes) -> bytes:
+        """The smashed data of this client's held-out samples, for the policy's accuracy check."""
+        limit = int(read(payload)["control"]["samples"])
+        items = [self.heldout[i] for i in range(min(limit, len(self.heldout)))]
+        if not items:
+            return control(empty=True)
+        batch = collate(items, self.pad_id)
+        device = self.model.device
+        with torch.no_grad():
+            hidden = self.model.client_forward(
+                self.cut, batch["input_ids"].to(device), batch["attention_mask"].to(device), self.params
+            )
+        return self._smashed(hidden, batch)
 
     def forward_step(self, payload: bytes) -> bytes:
         """Run the next batch up to the cut; send the smashed data, labels and mask."""
@@ -73,14 +99,13 @@ class Client:
         device = self.model.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         self._pending = self.model.client_forward(self.cut, ids, mask, self.params)
+        return self._smashed(self._pending.detach(), batch)
+
+    def _smashed(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> bytes:
+        """The message a client sends at its cut: hidden state, labels, attention mask."""
         return encode_message(
             [
-                Entry(
-                    "hidden",
-                    "activations",
-                    self._pending.detach().cpu(),
-                    wire_dtype=self.cfg.codec.activation_dtype,
-                ),
+                Entry("hidden", "activations", hidden.cpu(), wire_dtype=self.cfg.codec.activation_dtype),
                 Entry("labels", "labels", batch["labels"].to(torch.int32)),
                 Entry("attention_mask", "labels", batch["attention_mask"].to(torch.uint8)),
             ]

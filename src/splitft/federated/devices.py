@@ -5,7 +5,7 @@ memory in bytes, uplink and downlink in bytes/s and one-way latency in seconds. 
 turns FLOP counts and byte counts into seconds with them; the resource policy checks memory.
 
 Client tiers (the ``hetero`` preset cycles over them in this order, client ``i`` gets tier
-``i % 5``; ``homogeneous`` gives every client the ``tablet`` tier)::
+``i % 5``; ``homogeneous`` gives every client the ``laptop`` tier)::
 
     tier         compute      memory    uplink     downlink   latency  what it stands for
     phone-low    5 GFLOP/s    256 MiB   1 MB/s     4 MB/s     50 ms    budget phone, 4G, CPU
@@ -114,7 +114,7 @@ def device_preset(name: str, num_clients: int) -> list[DeviceProfile]:
     if num_clients < 1:
         raise ConfigError(f"num_clients must be >= 1 (got {num_clients})")
     if name == "homogeneous":
-        return [TIERS["tablet"]] * num_clients
+        return [TIERS["laptop"]] * num_clients
     if name == "hetero":
         tiers = list(TIERS.values())
         return [tiers[i % len(tiers)] for i in range(num_clients)]

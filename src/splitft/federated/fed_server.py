@@ -1,29 +1,30 @@
-"""The fed server role: averages the client-side adapters each round (design.md 2.3).
+"""The fed server role: collects the client-side adapters each round (design.md 2.3).
 
 It sees only what clients upload at the end of a round (their adapters, at the rank they
-trained) and hands the main server weighted sums, which the main server merges with the
-server-side copies into one global adapter set.
+trained) and hands them to the merge together with the main server's server-side copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
-from splitft.federated.aggregation import ChangeAccumulator
-from splitft.model.lora import Adapters
+from splitft.federated.aggregation import Contribution
+from splitft.federated.messages import read, read_adapters
+from splitft.model.lora import AdapterLayout, copy_ranks
 
 
 class FedServer:
-    def accumulate(
-        self,
-        start: Adapters,
-        uploads: Mapping[int, tuple[float, Mapping[str, torch.Tensor], Mapping[str, int]]],
-    ) -> ChangeAccumulator:
-        """Sum ``weight * change`` over clients; ``uploads[i] = (weight, adapters, ranks)``."""
-        acc = ChangeAccumulator()
-        for weight, adapters, ranks in uploads.values():
-            for name, tensor in adapters.items():
-                acc.add(name, start[name], tensor, ranks[name], weight)
-        return acc
+    def __init__(self, layout: AdapterLayout, r_cut: int) -> None:
+        self.layout = layout
+        self.r_cut = r_cut
+
+    def contributions(self, uploads: Mapping[int, bytes], cuts: list[int]) -> dict[int, Contribution]:
+        """Decode each client's upload; its weight is its number of training samples."""
+        out = {}
+        for i, payload in uploads.items():
+            message = read(payload)
+            ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.r_cut)
+            out[i] = Contribution(
+                float(message["control"]["samples"]), read_adapters(message, self.layout), ranks
+            )
+        return out

@@ -1,26 +1,42 @@
-"""The round loop (design.md 2.1-2.6), written only against the runtime interface.
+"""The round loop (design.md 2.1-2.8), written only against the runtime interface.
 
-One round: the policy picks every client's cut -> the sampled clients get the global
-adapters of their blocks -> ``local_steps`` split steps (client forward -> main server
-forward/backward -> client backward) -> clients upload their adapters -> the fed server and
-the main server merge all changes into the global set. Every payload that crosses the
-client/server boundary is codec bytes and is recorded in the byte ledger.
+One round:
+
+1. the policy picks every client's cut (from last round's cuts, held-out accuracies, memory
+   bounds and the predicted round time);
+2. blocks that just became cut blocks are put in canonical form, so their first ``r_cut``
+   components are the best rank-``r_cut`` approximation; optimizer state is reset for them
+   (and for everything in ``svd`` mode, where every merge changes the basis);
+3. the sampled clients get the global adapters of their blocks (unless they already hold
+   them) and run ``local_steps`` split steps: client forward -> main server forward/backward
+   -> client backward;
+4. clients upload their adapters; the fed server and the main server merge all changes;
+5. when the policy uses accuracy, every participant scores the new global set on its
+   held-out part (a split forward, so it is counted like any other traffic);
+6. the virtual clock times the round from what happened (step shapes, codec bytes).
+
+Every payload that crosses the client/server boundary is codec bytes and is recorded in the
+byte ledger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from splitft.config import Config
+from splitft.federated.aggregation import merge
+from splitft.federated.clock import RoundTiming, VirtualClock
 from splitft.federated.codec import ByteLedger, Entry, bytes_by_kind, encode_message
 from splitft.federated.fed_server import FedServer
+from splitft.federated.lowrank import canonicalize
 from splitft.federated.main_server import MainServer
-from splitft.federated.messages import adapter_entries, control, read, read_adapters
-from splitft.federated.policy import AllocationPolicy, Decision
-from splitft.model.lora import AdapterLayout, copy_ranks
+from splitft.federated.messages import adapter_entries, control
+from splitft.federated.policy import AllocationContext, AllocationPolicy, Decision, accuracy_weights
+from splitft.federated.timing import RoundTimer
+from splitft.model.lora import AdapterLayout, Adapters, copy_ranks, lora_pairs
 from splitft.runtime.base import CallFailure, Runtime
 
 
@@ -30,7 +46,7 @@ def client_role(client_id: int) -> str:
 
 @dataclass
 class RoundResult:
-    """What one round did, before evaluation."""
+    """What one round did, before test evaluation."""
 
     round: int
     cuts: list[int]
@@ -38,7 +54,26 @@ class RoundResult:
     train_loss: float | None
     train_tokens: int
     decisions: list[Decision]
+    timing: RoundTiming
+    virtual_s: float
+    accuracy: dict[int, float] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)
+    canonicalized: list[int] = field(default_factory=list)
+    truncation_error: float = 0.0
     dropped: list[dict] = field(default_factory=list)
+
+
+def cut_blocks(cuts: Sequence[int]) -> set[int]:
+    """Blocks trained at rank ``r_cut`` by someone: each client's last and the server's first."""
+    return {b for k in cuts for b in (k - 1, k)}
+
+
+def canonicalize_blocks(adapters: Adapters, layout: AdapterLayout, blocks: Sequence[int]) -> list[str]:
+    """Rewrite the LoRA pairs of ``blocks`` in canonical form in place; returns their names."""
+    names = layout.names(blocks)
+    for a_name, b_name in lora_pairs(names):
+        adapters[a_name], adapters[b_name] = canonicalize(adapters[a_name], adapters[b_name])
+    return names
 
 
 class RoundLoop:
@@ -50,16 +85,29 @@ class RoundLoop:
         main_server: MainServer,
         policy: AllocationPolicy,
         ledger: ByteLedger,
+        timer: RoundTimer,
+        start_cuts: Sequence[int],
     ) -> None:
         self.cfg = cfg
         self.layout = layout
         self.runtime = runtime
         self.main_server = main_server
-        self.fed_server = FedServer()
+        self.fed_server = FedServer(layout, cfg.lora.r_cut)
         self.policy = policy
         self.ledger = ledger
+        self.timer = timer
+        self.clock = VirtualClock()
         self.num_clients = cfg.federation.num_clients
         self.dropped: set[int] = set()
+        self.previous_cuts = list(start_cuts)
+        self.accuracy: dict[int, float] = {}
+        self.cut_blocks: set[int] = set()
+        self.version = 0  # bumped whenever the global set changes
+        self.synced: dict[int, tuple[int, int]] = {}  # client -> (version, cut) it holds
+
+    @property
+    def uses_accuracy(self) -> bool:
+        return self.policy.name in ("accuracy", "splitft")
 
     def sample_clients(self, round_number: int) -> list[int]:
         """The clients taking part in a round: a seeded sample of those not dropped."""
@@ -71,75 +119,133 @@ class RoundLoop:
         return sorted(int(i) for i in rng.choice(alive, size=k, replace=False))
 
     def run_round(self, round_number: int) -> RoundResult:
-        decisions = self.policy.allocate(round_number)
+        ctx = AllocationContext(
+            round_number, self.previous_cuts, self.timer.max_cut, self.timer.predict, dict(self.accuracy)
+        )
+        decisions = self.policy.allocate(ctx)
         cuts = [d.cut for d in decisions]
         clients = self.sample_clients(round_number)
-        start = self.main_server.global_adapters
         dropped: list[dict] = []
 
+        # Blocks that just became cut blocks get a canonical basis (B @ A unchanged).
+        new_cut_blocks = cut_blocks(cuts)
+        fresh = sorted(new_cut_blocks - self.cut_blocks)
+        self.cut_blocks = new_cut_blocks
+        reset = canonicalize_blocks(self.main_server.global_adapters, self.layout, fresh) if fresh else []
+        if fresh:
+            self.version += 1
+        reset_all = self.cfg.aggregation == "svd"
+
         # 1. Each client takes the global adapters of its blocks [0, cut).
-        calls = []
+        start = self.main_server.global_adapters
         for i in clients:
-            cut = cuts[i]
-            ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.r_cut)
-            entries = adapter_entries({n: start[n] for n in ranks}, ranks)
-            entries.append(Entry("control", "control", {"round": round_number, "cut": cut}))
-            calls.append((i, "begin_round", encode_message(entries).data))
-            self.main_server.begin_round(i, cut)
-        clients = self._call_clients(round_number, calls, dropped)
+            self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped)
+            self.main_server.begin_round(i, cuts[i], reset=reset, reset_all=reset_all)
+        clients = [i for i in clients if i not in self.dropped]
 
         # 2. Split steps. Each client's step runs forward -> server -> backward before the
         # next client starts, so only one client's activations are alive at a time (the
         # virtual clock, not this order, models clients running in parallel).
         loss_sum, tokens = 0.0, 0
+        step_shapes: dict[int, list[tuple[int, int]]] = {i: [] for i in clients}
         for step in range(self.cfg.federation.local_steps):
             global_step = (round_number - 1) * self.cfg.federation.local_steps + step
-            for i in list(clients):
-                smashed = self._call_clients(
-                    round_number, [(i, "forward_step", control(step=global_step))], dropped
-                )
-                if i not in smashed:
+            for i in clients:
+                if i in self.dropped:
                     continue
-                grad, stats = self.main_server.train_step(i, smashed[i], global_step)
+                smashed = self._call(round_number, i, "forward_step", control(step=global_step), dropped)
+                if smashed is None:
+                    continue
+                grad, stats = self.main_server.train_step(i, smashed, global_step)
                 loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
-                self._call_clients(round_number, [(i, "backward_step", grad)], dropped)
-            clients = [i for i in clients if i not in self.dropped]
+                step_shapes[i].append((stats.batch, stats.seq_len))
+                self._call(round_number, i, "backward_step", grad, dropped)
+        clients = [i for i in clients if i not in self.dropped]
 
         # 3. Upload client-side adapters; merge both sides' changes into the global set.
-        uploads = self._call_clients(round_number, [(i, "end_round", control()) for i in clients], dropped)
-        received = {}
-        for i, payload in uploads.items():
-            message = read(payload)
-            ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.r_cut)
-            received[i] = (float(message["control"]["samples"]), read_adapters(message, self.layout), ranks)
-        weights = {i: upload[0] for i, upload in received.items()}
-        merged = self.fed_server.accumulate(start, received).merge(
-            self.main_server.accumulate(start, weights)
+        uploads = {
+            i: p for i in clients if (p := self._call(round_number, i, "end_round", control(), dropped))
+        }
+        client_side = self.fed_server.contributions(uploads, cuts)
+        server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
+        merged, truncation = merge(
+            start, list(client_side.values()), server_side, self.cfg.aggregation, self.cfg.lora.r_others
         )
-        self.main_server.global_adapters = merged.apply(start)
+        self.main_server.global_adapters = merged
+        self.version += 1
+        participants = sorted(client_side)
 
+        # 4. Held-out accuracy of the new global set, for the policy's next decision.
+        if self.uses_accuracy:
+            self._score_heldout(round_number, participants, cuts, dropped)
+
+        # 5. Virtual time of what happened.
+        timing = self.timer.actual(round_number, cuts, {i: step_shapes[i] for i in participants}, self.ledger)
+        self.clock.advance(timing)
+        self.previous_cuts = cuts
         return RoundResult(
             round=round_number,
             cuts=cuts,
-            clients=sorted(received),
+            clients=participants,
             train_loss=loss_sum / tokens if tokens else None,
             train_tokens=tokens,
             decisions=decisions,
+            timing=timing,
+            virtual_s=self.clock.elapsed_s,
+            accuracy={i: self.accuracy[i] for i in participants if i in self.accuracy},
+            weights=accuracy_weights(self.accuracy, self.cfg.policy.gamma),
+            canonicalized=fresh,
+            truncation_error=truncation,
             dropped=dropped,
         )
 
-    def _call_clients(
-        self, round_number: int, calls: Sequence[tuple[int, str, bytes]], dropped: list[dict]
-    ) -> Mapping[int, bytes]:
-        """Call clients, count every byte both ways, and drop those whose call failed."""
-        results = self.runtime.call_many([(client_role(i), method, payload) for i, method, payload in calls])
-        answered = {}
-        for (i, method, payload), result in zip(calls, results, strict=True):
-            self.ledger.record(round_number, i, "down", bytes_by_kind(payload))
-            if isinstance(result, CallFailure):
-                self.dropped.add(i)
-                dropped.append({"client": i, "method": method, "error": result.error})
+    def _begin(
+        self,
+        round_number: int,
+        i: int,
+        cut: int,
+        adapters: Adapters,
+        reset: Sequence[str],
+        reset_all: bool,
+        dropped: list[dict],
+    ) -> None:
+        """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
+        ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.r_cut)
+        held = self.synced.get(i) == (self.version, cut)
+        entries = [] if held else adapter_entries({n: adapters[n] for n in ranks}, ranks)
+        meta = {
+            "round": round_number,
+            "cut": cut,
+            "reset": [n for n in reset if n in ranks],
+            "reset_all": reset_all,
+        }
+        entries.append(Entry("control", "control", meta))
+        if self._call(round_number, i, "begin_round", encode_message(entries).data, dropped) is not None:
+            self.synced[i] = (self.version, cut)
+
+    def _score_heldout(
+        self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
+    ) -> None:
+        """Each client forwards its held-out samples through the new global set; the server scores."""
+        samples = self.cfg.policy.heldout_samples
+        for i in clients:
+            self._begin(round_number, i, cuts[i], self.main_server.global_adapters, [], False, dropped)
+            payload = self._call(round_number, i, "heldout_forward", control(samples=samples), dropped)
+            if payload is None:
                 continue
-            self.ledger.record(round_number, i, "up", bytes_by_kind(result))
-            answered[i] = result
-        return answered
+            stats = self.main_server.score(i, payload)
+            if stats.tokens:
+                self.accuracy[i] = stats.correct / stats.tokens
+
+    def _call(
+        self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
+    ) -> bytes | None:
+        """Call client ``i``, count every byte both ways; a failed call drops the client."""
+        result = self.runtime.call(client_role(i), method, payload)
+        self.ledger.record(round_number, i, "down", bytes_by_kind(payload))
+        if isinstance(result, CallFailure):
+            self.dropped.add(i)
+            dropped.append({"client": i, "method": method, "error": result.error})
+            return None
+        self.ledger.record(round_number, i, "up", bytes_by_kind(result))
+        return result

@@ -7,15 +7,16 @@ per copy. It also holds the global adapter set and merges each round's changes i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from splitft.config import Config
-from splitft.federated.aggregation import ChangeAccumulator
+from splitft.federated.aggregation import Contribution
 from splitft.federated.codec import Entry, encode_message
 from splitft.federated.messages import read
-from splitft.federated.optim import AdapterOptimizer
+from splitft.federated.optim import AdapterOptimizer, retarget
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
 
@@ -27,6 +28,8 @@ class StepStats:
     loss_sum: float
     tokens: int
     correct: int
+    batch: int = 0
+    seq_len: int = 0
 
 
 @dataclass
@@ -48,21 +51,48 @@ class MainServer:
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
         self.copies: dict[int, _ServerCopy] = {}
 
-    def begin_round(self, client_id: int, cut: int) -> None:
+    def begin_round(
+        self, client_id: int, cut: int, reset: Iterable[str] = (), reset_all: bool = False
+    ) -> None:
         """Load the global adapters of blocks ``[cut, M)`` into client ``client_id``'s copy."""
         blocks = range(cut, self.model.num_blocks)
         ranks = copy_ranks(self.layout, blocks, cut, self.cfg.lora.r_cut)
         copy = self.copies.get(client_id)
-        if copy is None or copy.cut != cut:  # new block range: new tensors, fresh optimizer state
-            params = {n: torch.zeros_like(self.global_adapters[n]).requires_grad_(True) for n in ranks}
-            copy = _ServerCopy(
-                cut, params, AdapterOptimizer(params.values(), self.cfg.train, self.total_steps), ranks
+        if copy is None or copy.cut != cut:
+            params, optimizer = retarget(
+                copy.params if copy else {},
+                copy.optimizer if copy else None,
+                list(ranks),
+                self.layout.shapes,
+                self.model.device,
+                self.cfg.train,
+                self.total_steps,
             )
+            copy = _ServerCopy(cut, params, optimizer, ranks)
             self.copies[client_id] = copy
+        copy.optimizer.reset(copy.params if reset_all else reset)
         with torch.no_grad():
             for name, tensor in copy.params.items():
                 mask = component_mask(name, tensor.shape, ranks[name]).to(tensor.device)
                 tensor.copy_(self.global_adapters[name] * mask)
+
+    def score(self, client_id: int, payload: bytes) -> StepStats:
+        """Loss and accuracy of the global adapters from a client's held-out smashed data."""
+        copy = self.copies[client_id]
+        message = read(payload)
+        if "hidden" not in message:
+            return StepStats(0.0, 0, 0)
+        device = self.model.device
+        global_part = {n: self.global_adapters[n] for n in copy.params}
+        with torch.no_grad():
+            logits = self.model.server_forward(
+                copy.cut,
+                message["hidden"].to(device, torch.float32),
+                message["attention_mask"].to(device),
+                global_part,
+            )
+            loss_sum, tokens, correct = token_stats(logits, message["labels"].to(device, torch.long))
+        return StepStats(float(loss_sum), tokens, correct)
 
     def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
         """Forward + backward from the client's smashed data; returns the gradient message."""
@@ -83,13 +113,13 @@ class MainServer:
                 Entry("control", "control", {"step": global_step}),
             ]
         ).data
-        return grad, StepStats(float(loss_sum.detach()), tokens, correct)
+        return grad, StepStats(float(loss_sum.detach()), tokens, correct, *hidden.shape[:2])
 
-    def accumulate(self, start: Adapters, weights: dict[int, float]) -> ChangeAccumulator:
-        """Weighted changes of the server-side copies of the clients in ``weights``."""
-        acc = ChangeAccumulator()
-        for client_id, weight in weights.items():
-            copy = self.copies[client_id]
-            for name, tensor in copy.params.items():
-                acc.add(name, start[name], tensor.detach(), copy.ranks[name], weight)
-        return acc
+    def contributions(self, weights: dict[int, float]) -> list[Contribution]:
+        """The server-side copies of the clients in ``weights``, for the merge."""
+        return [
+            Contribution(
+                weight, {n: t.detach() for n, t in self.copies[i].params.items()}, self.copies[i].ranks
+            )
+            for i, weight in weights.items()
+        ]

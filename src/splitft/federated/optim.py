@@ -1,13 +1,14 @@
 """AdamW with optional linear warm-up and a linear or cosine decay, per adapter owner.
 
 Every role keeps one optimizer per client copy it trains (design.md 2.5): state survives
-rounds and is reset only when the tensors it optimises are replaced.
+rounds and is reset only for an adapter whose basis changed (or that was just handed over
+from the other side of the cut).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -28,13 +29,32 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
 
 
 class AdapterOptimizer:
-    """AdamW over one set of adapter tensors, with schedule and gradient clipping."""
+    """AdamW over one named set of adapter tensors, with schedule and gradient clipping."""
 
-    def __init__(self, params: Iterable[torch.Tensor], cfg: TrainConfig, total_steps: int) -> None:
-        self.params = list(params)
+    def __init__(self, params: Mapping[str, torch.Tensor], cfg: TrainConfig, total_steps: int) -> None:
         self.cfg = cfg
         self.total_steps = total_steps
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.params = dict(params)
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+
+    def replace(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Optimise ``params`` from now on, keeping the state of tensors it already had."""
+        old_state = self.optimizer.state
+        self.params = dict(params)
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        for tensor in self.params.values():
+            if tensor in old_state:
+                self.optimizer.state[tensor] = old_state[tensor]
+
+    def reset(self, names: Iterable[str]) -> None:
+        """Forget the AdamW state of the named tensors (their basis changed)."""
+        for name in names:
+            if name in self.params:
+                self.optimizer.state.pop(self.params[name], None)
 
     def step(self, global_step: int) -> None:
         """Clip, step at the learning rate scheduled for ``global_step``, clear the gradients.
@@ -42,10 +62,32 @@ class AdapterOptimizer:
         The schedule follows the run's step count, not this optimizer's: a client whose state
         was reset does not warm up again.
         """
+        tensors = list(self.params.values())
         if self.cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(tensors, self.cfg.max_grad_norm)
         factor = lr_factor(global_step, self.cfg.warmup_steps, self.total_steps, self.cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+def retarget(
+    params: dict[str, torch.Tensor],
+    optimizer: AdapterOptimizer | None,
+    names: Iterable[str],
+    shapes: Mapping[str, torch.Size],
+    device: torch.device,
+    cfg: TrainConfig,
+    total_steps: int,
+) -> tuple[dict[str, torch.Tensor], AdapterOptimizer]:
+    """A copy over ``names``: tensors (and their optimizer state) it already had are kept,
+    new ones start at zero (their values arrive with the round's adapters)."""
+    new = {
+        n: params[n] if n in params else torch.zeros(shapes[n], device=device, requires_grad=True)
+        for n in names
+    }
+    if optimizer is None:
+        return new, AdapterOptimizer(new, cfg, total_steps)
+    optimizer.replace(new)
+    return new, optimizer

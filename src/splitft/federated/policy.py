@@ -1,28 +1,60 @@
 """Allocation policies: who cuts where, decided before every round (design.md 2.7).
 
-A policy sees the round number and what it needs about the clients, and returns one
-:class:`Decision` per client: the cut and a short reason, which the round loop logs.
+A policy sees an :class:`AllocationContext` (last round's cuts, each client's held-out
+accuracy of the global model, each device's memory bound, and a predictor of the round's
+virtual time for any cuts) and returns one :class:`Decision` per client: the cut and a short
+reason, which the round loop logs.
+
+* ``fixed``: the cuts of ``split.cuts`` every round (one for all: the paper's "Same Split").
+* ``accuracy``: the paper's rule ``w_i = 1 + gamma * (acc_i - mean acc)``. Integer mapping:
+  a client with ``w_i > 1 + tolerance`` takes one more block, one with
+  ``w_i < 1 - tolerance`` one fewer, the others keep their cut; always within
+  ``1 .. max_cut_i`` (memory, and ``M - 1``).
+* ``resource``: the cuts that minimise the predicted round makespan (server queue included),
+  within every device's memory. Search: coordinate descent (each client's best cut with the
+  others fixed, until nothing improves) from several starts; ties on the makespan are broken
+  by the sum of the clients' times so non-bottleneck clients still move to their best cut.
+* ``splitft`` (resource + accuracy): the resource cuts bound each client's range, namely the
+  cuts that keep the predicted makespan within ``(1 + slack)`` of the best; inside it the
+  accuracy rule steers the client from last round's cut.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from splitft.errors import ConfigError
+from splitft.federated.clock import RoundTiming
 
 
 @dataclass(frozen=True)
 class Decision:
     cut: int
     reason: str
+    weight: float | None = None
+    """The accuracy weight ``w_i`` where the policy used one."""
+
+
+@dataclass
+class AllocationContext:
+    round_number: int
+    previous: list[int]
+    """Cuts of the previous round (round 1: the configured starting cuts)."""
+    max_cut: list[int]
+    """Largest cut each client's memory holds (at most M - 1)."""
+    predict: Callable[[Sequence[int]], RoundTiming]
+    """Predicted virtual timing of a round with the given cuts."""
+    accuracy: dict[int, float] = field(default_factory=dict)
+    """Held-out accuracy of the global model per client (empty before the first evaluation)."""
 
 
 class AllocationPolicy(Protocol):
     name: str
 
-    def allocate(self, round_number: int) -> list[Decision]:
-        """Cuts for every client (client order) for round ``round_number``."""
+    def allocate(self, ctx: AllocationContext) -> list[Decision]:
+        """One decision per client (client order) for the round ``ctx.round_number``."""
         ...
 
 
@@ -50,12 +82,159 @@ def resolve_cuts(cuts: list[int], num_clients: int, num_blocks: int) -> list[int
 
 
 class FixedPolicy:
-    """The same cuts every round (per client, or one for all: the paper's "Same Split")."""
+    """The same cuts every round."""
 
     name = "fixed"
 
     def __init__(self, cuts: list[int]) -> None:
         self.cuts = list(cuts)
 
-    def allocate(self, round_number: int) -> list[Decision]:
+    def allocate(self, ctx: AllocationContext) -> list[Decision]:
         return [Decision(cut, "fixed by split.cuts") for cut in self.cuts]
+
+
+def accuracy_weights(accuracy: dict[int, float], gamma: float) -> dict[int, float]:
+    """``w_i = 1 + gamma * (acc_i - mean acc)`` over the clients that were scored."""
+    if not accuracy:
+        return {}
+    mean = sum(accuracy.values()) / len(accuracy)
+    return {i: 1.0 + gamma * (acc - mean) for i, acc in accuracy.items()}
+
+
+def accuracy_step(weight: float, tolerance: float) -> int:
+    """+1 block for ``w > 1 + tolerance``, -1 for ``w < 1 - tolerance``, else 0."""
+    if weight > 1.0 + tolerance:
+        return 1
+    if weight < 1.0 - tolerance:
+        return -1
+    return 0
+
+
+class AccuracyPolicy:
+    """The paper's accuracy rule, one block per round, within memory."""
+
+    name = "accuracy"
+
+    def __init__(self, gamma: float, tolerance: float) -> None:
+        self.gamma = gamma
+        self.tolerance = tolerance
+
+    def allocate(self, ctx: AllocationContext) -> list[Decision]:
+        weights = accuracy_weights(ctx.accuracy, self.gamma)
+        decisions = []
+        for i, cut in enumerate(ctx.previous):
+            low, high = 1, ctx.max_cut[i]
+            if i not in weights:
+                decisions.append(Decision(min(max(cut, low), high), "no held-out accuracy yet: keep cut"))
+                continue
+            w = weights[i]
+            new = min(max(cut + accuracy_step(w, self.tolerance), low), high)
+            decisions.append(Decision(new, f"w={w:.3f}: {_moved(cut, new)} within 1..{high}", w))
+        return decisions
+
+
+def _moved(old: int, new: int) -> str:
+    return "keep cut" if new == old else f"cut {old}->{new}"
+
+
+def _objective(timing: RoundTiming) -> tuple[float, float]:
+    return (round(timing.makespan_s, 9), round(sum(timing.per_client_s.values()), 9))
+
+
+def best_resource_cuts(ctx: AllocationContext, max_sweeps: int = 20) -> tuple[list[int], RoundTiming]:
+    """Cuts minimising the predicted makespan (then the sum of client times) within memory."""
+    n = len(ctx.max_cut)
+    starts = [
+        [1] * n,
+        list(ctx.max_cut),
+        [min(max(c, 1), m) for c, m in zip(ctx.previous, ctx.max_cut, strict=True)],
+        [(1 + m) // 2 for m in ctx.max_cut],
+    ]
+    best_cuts, best_timing = None, None
+    for start in starts:
+        cuts = list(start)
+        timing = ctx.predict(cuts)
+        for _ in range(max_sweeps):
+            improved = False
+            for i in range(n):
+                for cut in range(1, ctx.max_cut[i] + 1):
+                    if cut == cuts[i]:
+                        continue
+                    trial = cuts[:i] + [cut] + cuts[i + 1 :]
+                    trial_timing = ctx.predict(trial)
+                    if _objective(trial_timing) < _objective(timing):
+                        cuts, timing, improved = trial, trial_timing, True
+            if not improved:
+                break
+        if best_timing is None or _objective(timing) < _objective(best_timing):
+            best_cuts, best_timing = cuts, timing
+    return best_cuts, best_timing
+
+
+class ResourcePolicy:
+    """Minimise the predicted round makespan within every device's memory."""
+
+    name = "resource"
+
+    def allocate(self, ctx: AllocationContext) -> list[Decision]:
+        cuts, timing = best_resource_cuts(ctx)
+        return [
+            Decision(cut, f"min makespan {timing.makespan_s:.3f}s (memory allows 1..{ctx.max_cut[i]})")
+            for i, cut in enumerate(cuts)
+        ]
+
+
+class SplitFTPolicy:
+    """Resource and memory bound each client's range; accuracy steers inside it."""
+
+    name = "splitft"
+
+    def __init__(self, gamma: float, tolerance: float, slack: float) -> None:
+        self.gamma = gamma
+        self.tolerance = tolerance
+        self.slack = slack
+
+    def ranges(self, ctx: AllocationContext) -> tuple[list[int], list[tuple[int, int]], float]:
+        """Resource cuts, each client's allowed range, and the best predicted makespan."""
+        cuts, timing = best_resource_cuts(ctx)
+        limit = timing.makespan_s * (1.0 + self.slack)
+        ranges = []
+        for i in range(len(cuts)):
+            ok = [
+                c
+                for c in range(1, ctx.max_cut[i] + 1)
+                if c == cuts[i] or ctx.predict(cuts[:i] + [c] + cuts[i + 1 :]).makespan_s <= limit
+            ]
+            ranges.append((min(ok), max(ok)))
+        return cuts, ranges, timing.makespan_s
+
+    def allocate(self, ctx: AllocationContext) -> list[Decision]:
+        best, ranges, makespan = self.ranges(ctx)
+        weights = accuracy_weights(ctx.accuracy, self.gamma)
+        decisions = []
+        for i, (low, high) in enumerate(ranges):
+            span = f"range {low}..{high} (makespan <= {(1 + self.slack) * makespan:.3f}s)"
+            if i not in weights:
+                decisions.append(Decision(best[i], f"resource cut; {span}"))
+                continue
+            w = weights[i]
+            start = min(max(ctx.previous[i], low), high)
+            new = min(max(start + accuracy_step(w, self.tolerance), low), high)
+            decisions.append(Decision(new, f"w={w:.3f}: {_moved(ctx.previous[i], new)} in {span}", w))
+        return decisions
+
+
+POLICY_NAMES = ("fixed", "accuracy", "resource", "splitft")
+
+
+def make_policy(name: str, cuts: list[int], gamma: float, tolerance: float, slack: float) -> AllocationPolicy:
+    """The policy called ``name`` (``policy.name`` in the config)."""
+    if name == "fixed":
+        return FixedPolicy(cuts)
+    if name == "accuracy":
+        return AccuracyPolicy(gamma, tolerance)
+    if name == "resource":
+        return ResourcePolicy()
+    if name == "splitft":
+        return SplitFTPolicy(gamma, tolerance, slack)
+    raise ConfigError(f"policy.name = {name!r}; allowed: {', '.join(POLICY_NAMES)}")

@@ -152,3 +152,13 @@ def export_adapters(peft_model: PeftModel, adapters: Mapping[str, torch.Tensor],
 def copy_ranks(layout: AdapterLayout, blocks: Iterable[int], cut_block: int, r_cut: int) -> dict[str, int]:
     """Trained rank of each tensor of a copy of ``blocks``: ``r_cut`` on ``cut_block``."""
     return {name: (r_cut if b == cut_block else layout.rank) for b in blocks for name in layout.names([b])}
+
+
+def lora_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(A name, B name)`` of every adapted module among ``names``."""
+    names = list(names)
+    return [
+        (n, n.replace(".lora_A.", ".lora_B."))
+        for n in names
+        if is_a(n) and n.replace(".lora_A.", ".lora_B.") in names
+    ]

@@ -1,0 +1,97 @@
+"""Virtual time of a run: device profiles + cost model + the round clock (design.md 2.8).
+
+:class:`RoundTimer` ties the pieces to a run's config: it knows every client's device, the
+server's, and the model's shape. It predicts a round for any cuts (what the resource policies
+minimise) and times a round that happened from what it actually did (the padded batch shapes
+of its steps and the bytes the codec produced, from the ledger). Nothing measured at run time
+enters, so two runs of one config get identical virtual times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from splitft.config import Config
+from splitft.federated.clock import ClientWork, RoundTiming, predict_round, simulate_round
+from splitft.federated.codec import ByteLedger
+from splitft.federated.costs import ModelShape, StepCosts, check_fits, eval_flops
+from splitft.federated.devices import DeviceProfile, parse_profiles, server_profile
+
+
+def server_speed(value: str) -> str | float:
+    """``devices.server``: a named speed, or a number of FLOP/s written as text."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+class RoundTimer:
+    def __init__(self, cfg: Config, model_config: object, num_blocks: int) -> None:
+        self.cfg = cfg
+        self.shape = ModelShape.from_hf_config(model_config)
+        n = cfg.federation.num_clients
+        self.devices: list[DeviceProfile] = parse_profiles(cfg.devices.clients or cfg.devices.preset, n)
+        self.server = server_profile(server_speed(cfg.devices.server))
+        lora = cfg.lora
+        fits = check_fits(
+            self.shape, self.devices, cfg.train.batch_size, cfg.data.max_length, lora.r_others, lora.r_cut
+        )
+        self.max_cut = [min(c, num_blocks - 1) for c in fits]
+        """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
+
+    def heldout_flops(self) -> float:
+        """A held-out accuracy check, charged on the server (design.md 2.8)."""
+        if self.cfg.policy.name not in ("accuracy", "splitft"):
+            return 0.0
+        return float(eval_flops(self.shape, self.cfg.policy.heldout_samples, self.cfg.data.max_length))
+
+    def predict(self, cuts: Sequence[int]) -> RoundTiming:
+        """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
+        cfg = self.cfg
+        return predict_round(
+            self.devices,
+            cuts,
+            self.shape,
+            self.server,
+            cfg.train.batch_size,
+            cfg.data.max_length,
+            steps=cfg.federation.local_steps,
+            wire_dtype=cfg.codec.activation_dtype,
+            r_others=cfg.lora.r_others,
+            r_cut=cfg.lora.r_cut,
+            order=cfg.devices.order,
+            eval_flops=self.heldout_flops(),
+        )
+
+    def actual(
+        self,
+        round_number: int,
+        cuts: Sequence[int],
+        step_shapes: Mapping[int, Sequence[tuple[int, int]]],
+        ledger: ByteLedger,
+    ) -> RoundTiming:
+        """Timing of a round that happened: client ``i`` ran steps of (batch, seq_len) shapes."""
+        cfg = self.cfg
+        works = {}
+        for i, shapes in step_shapes.items():
+            flows = ledger.client_round(round_number, i)
+            steps = max(len(shapes), 1)
+            costs = [
+                StepCosts.for_cut(self.shape, cuts[i], b, t, cfg.lora.r_others, cfg.lora.r_cut)
+                for b, t in shapes
+            ]
+            mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
+            works[i] = ClientWork(
+                self.devices[i],
+                mean("client_forward_flops"),
+                mean("client_backward_flops"),
+                mean("server_flops"),
+                steps=len(shapes),
+                up_bytes=(flows["up"]["total"] - flows["up"]["adapters"]) / steps,
+                down_bytes=(flows["down"]["total"] - flows["down"]["adapters"]) / steps,
+                adapter_down_bytes=flows["down"]["adapters"],
+                adapter_up_bytes=flows["up"]["adapters"],
+                eval_flops=self.heldout_flops(),
+            )
+        return simulate_round(self.server, works, cfg.devices.order)
