@@ -77,7 +77,15 @@ def read_metrics(run_dir):
 
 
 def test_run_directory_has_every_file(run_dir):
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "test_ppl.png", "traffic.png", "cuts.png"):
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "test_ppl.png",
+        "traffic.png",
+        "cuts.png",
+        "ppl_vs_virtual_time.png",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     for folder in ("adapter", "adapter-best"):
         assert (run_dir / folder / "adapter_config.json").exists()

@@ -15,7 +15,7 @@ KIND_ORDER = ("activations", "gradients", "labels", "adapters", "control")
 
 
 def plot_run(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write ``test_ppl.png``, ``traffic.png`` and ``cuts.png``; returns their paths."""
+    """Write ``test_ppl.png``, ``traffic.png``, ``ppl_vs_virtual_time.png`` and ``cuts.png``."""
     out_dir = Path(out_dir)
     rounds = [m["round"] for m in metrics]
     paths = []
@@ -52,6 +52,16 @@ def plot_run(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pat
     ax.grid(alpha=0.3)
     ax.legend()
     paths.append(_save(fig, out_dir / "traffic.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    timed = [
+        (m["virtual_s"], m["test_ppl"]) for m in metrics if m.get("test_ppl") is not None and "virtual_s" in m
+    ]
+    if timed:
+        ax.plot(*zip(*timed, strict=True), marker="o")
+    ax.set(xlabel="virtual time (s)", ylabel="test perplexity", title="Test perplexity vs virtual time")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir / "ppl_vs_virtual_time.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     num_clients = len(metrics[0]["cuts"]) if metrics else 0
