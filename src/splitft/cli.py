@@ -4,6 +4,7 @@
     splitft eval --adapter DIR [--data SPEC] [--split test|validation]
     splitft bench [--quick]
     splitft partition [--data SPEC] [--clients N] [--alpha A] [--bins B] [--out DIR] ...
+    splitft report RUN_DIR [RUN_DIR ...] [--out DIR] [--target-ppl X] [--labels a,b,...]
 
 Any :class:`~splitft.errors.SplitFTError` (bad config value, missing data, unknown model)
 is printed as one ``error:`` line and exits with code 2, without a traceback.
@@ -16,9 +17,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from splitft.config import Config, add_config_arguments, config_from_args
-from splitft.errors import SplitFTError
+from splitft.errors import ConfigError, SplitFTError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -75,6 +77,22 @@ def _partition(ns: argparse.Namespace) -> int:
     if ns.out:
         for path in write_report(report, ns.out):
             print(f"wrote {path}")
+    return 0
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from splitft.report.compare import compare_runs, format_table
+
+    labels = [label.strip() for label in ns.labels.split(",")] if ns.labels else None
+    out = Path(ns.out) if ns.out else None
+    try:
+        target = float(ns.target_ppl) if ns.target_ppl else None
+    except ValueError:
+        raise ConfigError(f"--target-ppl must be a number, got {ns.target_ppl!r}") from None
+    rows = compare_runs([Path(d) for d in ns.run_dirs], out, target, labels, ns.allow_incomplete)
+    print(format_table(rows), end="")
+    if out is not None:
+        print(f"wrote {out}/comparison.md, comparison.csv and 3 plots")
     return 0
 
 
@@ -161,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="", metavar="DIR", help="also write partition.png and partition.json here"
     )
     part.set_defaults(run=_partition)
+
+    rep = sub.add_parser(
+        "report",
+        help="compare finished runs: a table of perplexity, time to a target, traffic and overlay plots",
+    )
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `splitft train`")
+    rep.add_argument(
+        "--out", default="", metavar="DIR", help="also write comparison.md/.csv and the plots here"
+    )
+    rep.add_argument(
+        "--target-ppl",
+        default="",
+        metavar="X",
+        help="target test perplexity (default: the largest final test ppl among the runs)",
+    )
+    rep.add_argument("--labels", default="", metavar="A,B,...", help="run labels (default: folder names)")
+    rep.add_argument(
+        "--allow-incomplete", action="store_true", help="report runs without summary.json from their metrics"
+    )
+    rep.set_defaults(run=_report)
     return parser
 
 

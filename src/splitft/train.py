@@ -150,6 +150,7 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
     best_val, best_round = float("inf"), None
     final_test: EvalResult | None = None
     rounds = cfg.federation.rounds
+    initial = _score(exp, exp.main_server.global_adapters, exp.data.test)  # the base model, before training
     bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not progress)
     for round_number in bar:
         result = loop.run_round(round_number)
@@ -192,6 +193,7 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
     summary = _summary(exp, metrics, final_test, best_round, time.perf_counter() - started)
+    summary.update(initial_test_ppl=initial.ppl, initial_test_acc=initial.acc)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
 
