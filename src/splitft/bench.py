@@ -106,7 +106,7 @@ class StepBench:
 
     def unsplit_step(self) -> Callable[[int], None]:
         params = {n: t.clone().requires_grad_(True) for n, t in self.adapters.items()}
-        optimizer = AdapterOptimizer(params.values(), self.cfg.train, self.total_steps)
+        optimizer = AdapterOptimizer(params, self.cfg.train, self.total_steps)
         items = [self.data[i] for i in range(len(self.data))]
 
         def step(i: int) -> None:
