@@ -19,18 +19,26 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from splitft.config import Config, add_config_arguments, config_from_args
+from splitft.config import FIELD_TYPES, Config, add_config_arguments, config_from_args
 from splitft.errors import ConfigError, SplitFTError
+
+TOP_LEVEL = {key for key in FIELD_TYPES if "." not in key}
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from splitft.train import train
+    from splitft.train import resume, train
 
-    cfg = config_from_args(ns, ns.config)
-    out = ns.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(cfg, out, progress=True)
+    if ns.resume:
+        if ns.config or ns.out:
+            raise ConfigError("--resume takes the run's own config and folder; drop --config and --out")
+        overrides = {k: v for k, v in vars(ns).items() if "." in k or k in TOP_LEVEL}
+        result = resume(ns.resume, overrides, progress=True)
+    else:
+        cfg = config_from_args(ns, ns.config)
+        out = ns.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = train(cfg, out, progress=True)
     s = result.summary
     print(
         f"done: {s['rounds']} rounds, final test ppl {s['final_test_ppl']:.3f}, "
@@ -110,10 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune across clients with split LoRA and write a run directory",
-        usage="splitft train [--config FILE] [--out DIR] [--section.field VALUE ...]",
+        usage="splitft train [--config FILE] [--out DIR | --resume RUN_DIR] [--section.field VALUE ...]",
     )
     train.add_argument("--config", help="TOML config file (fields not given keep their defaults)")
     train.add_argument("--out", help="run directory to create (default: runs/train-<time>)")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last complete round (e.g. with a larger --federation.rounds)",
+    )
     add_config_arguments(train)
     train.set_defaults(run=_train)
 

@@ -19,7 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
+from splitft import checkpoint
 from splitft.config import Config
 from splitft.data.prepare import PreparedData, prepare_data
 from splitft.data.tokenize import pad_id_of
@@ -142,16 +143,28 @@ def make_loop(exp: Experiment) -> RoundLoop:
     )
 
 
-def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
-    """Run every round, evaluate, and write metrics, plots, adapters and the summary."""
+def fit(exp: Experiment, run: RunDirectory, progress: bool = True, resume: bool = False) -> RunResult:
+    """Run every round, evaluate, and write metrics, plots, adapters, checkpoints and the summary.
+
+    With ``resume``, the loop is first restored from the run's checkpoint and continues with
+    the next round (metrics of rounds after the checkpoint, if any, are dropped).
+    """
     cfg = exp.cfg
     loop = make_loop(exp)
+    if resume:
+        state = checkpoint.load(run, loop)
+        run.keep_metrics_until(state["round"])
+        first, best, initial = state["round"] + 1, state["best"], EvalResult(**state["initial"])
+        final_test = EvalResult(**state["final_test"]) if state["final_test"] else None
+        wall_offset = state["wall_s"]
+    else:
+        first, best, final_test, wall_offset = 1, {"val_loss": None, "round": None}, None, 0.0
+        initial = _score(
+            exp, exp.main_server.global_adapters, exp.data.test
+        )  # the base model, before training
     started = time.perf_counter()
-    best_val, best_round = float("inf"), None
-    final_test: EvalResult | None = None
     rounds = cfg.federation.rounds
-    initial = _score(exp, exp.main_server.global_adapters, exp.data.test)  # the base model, before training
-    bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not progress)
+    bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress)
     for round_number in bar:
         result = loop.run_round(round_number)
         row: dict[str, Any] = {
@@ -180,19 +193,26 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True) -> RunResult:
             test = _score(exp, adapters, exp.data.test)
             row.update(val_loss=val.loss, test_ppl=test.ppl, test_acc=test.acc, test_loss=test.loss)
             final_test = test
-            if val.loss < best_val:
-                best_val, best_round = val.loss, round_number
+            if best["val_loss"] is None or val.loss < best["val_loss"]:
+                best = {"val_loss": val.loss, "round": round_number}
                 run.write_folder("adapter-best", lambda p, a=adapters: _export(exp, a, p))
             bar.set_postfix(loss=_fmt(result.train_loss), test_ppl=f"{test.ppl:.2f}")
         else:
             bar.set_postfix(loss=_fmt(result.train_loss))
-        row["wall_s"] = round(time.perf_counter() - started, 3)
+        row["wall_s"] = round(wall_offset + time.perf_counter() - started, 3)
         run.append_metrics(row)
+        extra = {
+            "best": best,
+            "initial": asdict(initial),
+            "final_test": asdict(final_test) if final_test else None,
+            "wall_s": row["wall_s"],
+        }
+        checkpoint.save(run, loop, round_number, extra)
 
     run.write_folder("adapter", lambda p: _export(exp, exp.main_server.global_adapters, p))
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
-    summary = _summary(exp, metrics, final_test, best_round, time.perf_counter() - started)
+    summary = _summary(exp, metrics, final_test, best["round"], wall_offset + time.perf_counter() - started)
     summary.update(initial_test_ppl=initial.ppl, initial_test_acc=initial.acc)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
@@ -274,3 +294,20 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = False) -> RunResult
     cfg.to_toml(run.path / "config.toml")
     with _failure_marker(run):
         return fit(exp, run, progress=progress)
+
+
+def resume(
+    run_dir: str | Path, overrides: dict[str, object] | None = None, progress: bool = False
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its last complete round (``overrides``, e.g.
+    ``{"federation.rounds": 60}``, apply on top of its config)."""
+    run = RunDirectory(run_dir)
+    config_file = run.path / "config.toml"
+    if not config_file.exists():
+        raise ConfigError(f"--resume {run.path}: no config.toml there; is it a run directory?")
+    cfg = Config.from_toml(config_file).with_overrides(overrides or {})
+    exp = setup(cfg)
+    run.clear_failure()
+    cfg.to_toml(config_file)
+    with _failure_marker(run):
+        return fit(exp, run, progress=progress, resume=True)

@@ -46,10 +46,17 @@ class Client:
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: AdapterOptimizer | None = None
         self._pending: torch.Tensor | None = None
+        self.batches_taken = 0
 
     @property
     def ranks(self) -> dict[str, int]:
         return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.r_cut)
+
+    def skip_batches(self, count: int) -> None:
+        """Advance the data stream past ``count`` batches (resuming a run)."""
+        for _ in range(count - self.batches_taken):
+            next(self._batches)
+        self.batches_taken = max(self.batches_taken, count)
 
     def begin_round(self, payload: bytes) -> bytes:
         """Take the round's cut and the global adapters of blocks ``[0, cut)``.
@@ -95,6 +102,7 @@ class Client:
     def forward_step(self, payload: bytes) -> bytes:
         """Run the next batch up to the cut; send the smashed data, labels and mask."""
         items = [self.data[i] for i in next(self._batches)]
+        self.batches_taken += 1
         batch = collate(items, self.pad_id)
         device = self.model.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

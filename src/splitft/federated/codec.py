@@ -315,9 +315,14 @@ class ByteLedger:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ByteLedger:
         ledger = cls()
+        ledger.restore(data)
+        return ledger
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Replace the contents with those of a ``to_dict()`` record."""
+        self._counts = {}
         try:
             for rec in data["records"]:
-                ledger.record(rec["round"], rec["client"], rec["direction"], rec["bytes_by_kind"])
+                self.record(rec["round"], rec["client"], rec["direction"], rec["bytes_by_kind"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a ByteLedger dict: {err!r}") from None
-        return ledger

@@ -56,6 +56,14 @@ class RunDirectory:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
+    def keep_metrics_until(self, round_number: int) -> None:
+        """Drop rows after ``round_number`` (a round that finished after the last checkpoint)."""
+        rows = [row for row in self.read_metrics() if row["round"] <= round_number]
+        write_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def clear_failure(self) -> None:
+        (self.path / "FAILED").unlink(missing_ok=True)
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         write_atomic(self.path / name, json.dumps(data, indent=2) + "\n")
 
