@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import sys
 import types
@@ -28,24 +27,7 @@ from splitft.data.corpora import (
 )
 from splitft.errors import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def need_path(path: Path, what: str) -> Path:
-    """``path`` if it exists; else skip the test, or fail it when CI=true (data must be there)."""
-    if path.exists():
-        return path
-    reason = f"{what} not found at {path}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the data must be present)")
-    pytest.skip(f"{reason}; it is not in the repo (set CI=true to make this a failure)")
-
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """``<repo>/../shared/data``, the real datasets (never copied into the repo)."""
-    return need_path(SHARED_DATA, "the shared datasets folder (../shared/data)")
-
+from conftest import need_path
 
 GENRES = {"comedies", "histories", "problems", "roman", "romances", "tragedies"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -25,23 +24,7 @@ from splitft.data.partition import (
 )
 from splitft.data.tokenize import TokenizedDataset, WhitespaceTokenizer, tokenize
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def need_path(path: Path, what: str) -> Path:
-    """``path`` if it exists; else skip the test, or fail it when CI=true (data must be there)."""
-    if path.exists():
-        return path
-    reason = f"{what} not found at {path}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the data must be present)")
-    pytest.skip(f"{reason}; it is not in the repo (set CI=true to make this a failure)")
-
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """``<repo>/../shared/data``, the real datasets (never copied into the repo)."""
-    return need_path(SHARED_DATA, "the shared datasets folder (../shared/data)")
+from conftest import need_path
 
 
 def _dataset(n: int, seed: int = 0) -> TokenizedDataset:

@@ -26,22 +26,13 @@ from splitft.federated.devices import (
     parse_profiles,
     server_profile,
 )
+from splitft.model.loading import smollm2_config
 
 BATCH, SEQ = 4, 128
 
 
 def smollm2() -> ModelShape:
-    config = AutoConfig.for_model(
-        "llama",
-        num_hidden_layers=30,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    )
-    return ModelShape.from_hf_config(config)
+    return ModelShape.from_hf_config(smollm2_config())
 
 
 def with_memory(memory: float) -> DeviceProfile:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoConfig
 
 from splitft.federated.clock import RoundTiming, predict_round
 from splitft.federated.costs import ModelShape, check_fits
@@ -18,6 +17,7 @@ from splitft.federated.policy import (
     accuracy_weights,
     best_resource_cuts,
 )
+from splitft.model.loading import smollm2_config
 
 
 def fake_timing(per_client: dict[int, float]) -> RoundTiming:
@@ -74,17 +74,7 @@ def test_resource_search_finds_the_optimum_of_a_separable_cost():
 
 
 def smollm2_shape() -> ModelShape:
-    config = AutoConfig.for_model(
-        "llama",
-        num_hidden_layers=30,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    )
-    return ModelShape.from_hf_config(config)
+    return ModelShape.from_hf_config(smollm2_config())
 
 
 def real_context(server: str, previous=(2, 2, 2, 2, 2)) -> AllocationContext:

@@ -71,6 +71,23 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
+# SmolLM2-135M's architecture, for work that needs only its shape (cost model, predictions).
+SMOLLM2_ARCH = dict(
+    num_hidden_layers=30,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+)
+
+
+def smollm2_config(num_layers: int = 30):
+    """A config with SmolLM2-135M's shape (first ``num_layers`` blocks), no weights loaded."""
+    return AutoConfig.for_model("llama", **{**SMOLLM2_ARCH, "num_hidden_layers": num_layers})
+
+
 def cache_dir() -> Path:
     """Folder for derived files (the safetensors copy of SmolLM2): never inside the repo."""
     return Path(os.environ.get("SPLITFT_CACHE", Path.home() / ".cache" / "splitft"))
