@@ -157,3 +157,41 @@ def test_fixed_policy_is_the_default_and_keeps_cuts(lines):
     loop = make_loop(exp)
     assert isinstance(loop.policy, FixedPolicy)
     assert [loop.run_round(r).cuts for r in (1, 2)] == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_a_client_not_sampled_gets_its_reset_at_its_next_round(lines):
+    exp = experiment(lines, **{"split.cuts": "3", "federation.clients_per_round": 1})
+    loop = make_loop(exp)
+    loop.policy = ScriptedPolicy({r: [3, 3, 3] if r == 1 else [2, 3, 3] for r in range(1, 9)})
+    loop.sample_clients = lambda r: [1] if r < 3 else [2]  # client 2 is away in rounds 1-2
+    loop.run_round(1)
+    loop.run_round(2)  # block 1 becomes a cut block (client 0's) and is canonicalised
+    assert set(exp.layout.names([1])) <= loop.pending_reset[2]
+    assert 1 not in loop.pending_reset  # client 1 took part and got its reset
+    loop.run_round(3)
+    assert 2 not in loop.pending_reset
+
+
+def test_a_tensor_whose_rank_drops_loses_its_moments(lines):
+    """Client 0 moves 3 -> 2: block 1 was full rank for it and is now its rank-r_cut cut block."""
+    exp = experiment(lines, **{"split.cuts": "3"})
+    loop = make_loop(exp)
+    loop.policy = ScriptedPolicy({1: [3, 3, 3], 2: [2, 3, 3]})
+    loop.run_round(1)
+    client = exp.clients[0]
+    name = exp.layout.names([1])[0]
+    tensor = client.params[name]
+    assert tensor in client.optimizer.optimizer.state
+    loop.cfg.federation.local_steps = 0
+    loop.run_round(2)
+    assert tensor not in client.optimizer.optimizer.state
+
+
+def test_every_client_failing_stops_the_run(lines):
+    from splitft.errors import SplitFTError
+
+    exp = experiment(lines)
+    for client in exp.clients:
+        client.forward_step = lambda payload: (_ for _ in ()).throw(RuntimeError("device lost"))
+    with pytest.raises(SplitFTError, match="every client failed.*device lost"):
+        make_loop(exp).run_round(1)

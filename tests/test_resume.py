@@ -67,3 +67,12 @@ def test_resume_drops_rounds_after_the_checkpoint_and_clears_failure(corpus, tmp
 def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no config.toml" in capsys.readouterr().err
+
+
+def test_resume_refuses_to_change_what_the_checkpoint_depends_on(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *args(corpus, 1), "--out", str(run)]) == 0
+    before = (run / "config.toml").read_text()
+    assert main(["train", "--resume", str(run), "--lora.r_others", "32"]) == 2
+    assert "cannot change lora.r_others" in capsys.readouterr().err
+    assert (run / "config.toml").read_text() == before

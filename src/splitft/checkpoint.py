@@ -73,6 +73,7 @@ def save(run: RunDirectory, loop: RoundLoop, round_number: int, extra: dict[str,
         "cut_blocks": sorted(loop.cut_blocks),
         "version": loop.version,
         "synced": {i: list(v) for i, v in loop.synced.items()},
+        "pending_reset": {i: sorted(v) for i, v in loop.pending_reset.items()},
         "dropped": sorted(loop.dropped),
         "clock": loop.clock.to_dict(),
         "ledger": loop.ledger.to_dict(),
@@ -93,8 +94,11 @@ def load(run: RunDirectory, loop: RoundLoop) -> dict[str, Any]:
     folder = run.path / FOLDER
     if not (folder / "state.json").exists():
         raise ConfigError(f"--resume {run.path}: no checkpoint/ found (was the run started by this version?)")
-    state = json.loads((folder / "state.json").read_text())
-    tensors = load_file(str(folder / "tensors.safetensors"))
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "tensors.safetensors"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume {run.path}: the checkpoint cannot be read ({err})") from None
     device = loop.main_server.model.device
     tensors = {k: v.to(device) for k, v in tensors.items()}
     loop.main_server.global_adapters = {
@@ -125,6 +129,7 @@ def load(run: RunDirectory, loop: RoundLoop) -> dict[str, Any]:
     loop.cut_blocks = set(state["cut_blocks"])
     loop.version = state["version"]
     loop.synced = {int(i): tuple(v) for i, v in state["synced"].items()}
+    loop.pending_reset = {int(i): set(v) for i, v in state["pending_reset"].items()}
     loop.dropped = set(state["dropped"])
     loop.clock = VirtualClock.from_dict(state["clock"])
     loop.ledger.restore(state["ledger"])  # in place: the Experiment and the loop share it

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,13 @@ def make_loop(exp: Experiment) -> RoundLoop:
     )
 
 
-def fit(exp: Experiment, run: RunDirectory, progress: bool = True, resume: bool = False) -> RunResult:
+def fit(
+    exp: Experiment,
+    run: RunDirectory,
+    progress: bool = True,
+    resume: bool = False,
+    on_resumed: Callable[[], None] | None = None,
+) -> RunResult:
     """Run every round, evaluate, and write metrics, plots, adapters, checkpoints and the summary.
 
     With ``resume``, the loop is first restored from the run's checkpoint and continues with
@@ -153,6 +159,8 @@ def fit(exp: Experiment, run: RunDirectory, progress: bool = True, resume: bool 
     loop = make_loop(exp)
     if resume:
         state = checkpoint.load(run, loop)
+        if on_resumed:
+            on_resumed()  # e.g. record the new round count, only once the checkpoint loaded
         run.keep_metrics_until(state["round"])
         first, best, initial = state["round"] + 1, state["best"], EvalResult(**state["initial"])
         final_test = EvalResult(**state["final_test"]) if state["final_test"] else None
@@ -296,18 +304,36 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = False) -> RunResult
         return fit(exp, run, progress=progress)
 
 
+# Fields a resumed run may change: they do not alter the state the checkpoint holds.
+RESUME_OVERRIDES = (
+    "federation.rounds",
+    "eval.every",
+    "eval.max_samples",
+    "eval.batch_size",
+    "threads",
+    "device",
+)
+
+
 def resume(
     run_dir: str | Path, overrides: dict[str, object] | None = None, progress: bool = False
 ) -> RunResult:
-    """Continue the run in ``run_dir`` from its last complete round (``overrides``, e.g.
-    ``{"federation.rounds": 60}``, apply on top of its config)."""
+    """Continue the run in ``run_dir`` from its last complete round; ``overrides`` may change
+    only :data:`RESUME_OVERRIDES` (e.g. ``{"federation.rounds": 60}``)."""
     run = RunDirectory(run_dir)
     config_file = run.path / "config.toml"
     if not config_file.exists():
         raise ConfigError(f"--resume {run.path}: no config.toml there; is it a run directory?")
-    cfg = Config.from_toml(config_file).with_overrides(overrides or {})
+    overrides = overrides or {}
+    for key in overrides:
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(
+                f"--resume cannot change {key} (the checkpoint was made with the old value); "
+                f"allowed: {', '.join(RESUME_OVERRIDES)}"
+            )
+    cfg = Config.from_toml(config_file).with_overrides(overrides)
     exp = setup(cfg)
     run.clear_failure()
-    cfg.to_toml(config_file)
     with _failure_marker(run):
-        return fit(exp, run, progress=progress, resume=True)
+        result = fit(exp, run, progress=progress, resume=True, on_resumed=lambda: cfg.to_toml(config_file))
+    return result

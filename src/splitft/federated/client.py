@@ -69,6 +69,7 @@ class Client:
         meta = message["control"]
         cut = int(meta["cut"])
         if cut != self.cut:
+            old_ranks = self.ranks if self.cut else {}
             self.cut = cut
             self.params, self.optimizer = retarget(
                 self.params,
@@ -79,6 +80,8 @@ class Client:
                 self.cfg.train,
                 self.total_steps,
             )
+            # A tensor that now trains at a lower rank must not keep moments of its dropped components.
+            self.optimizer.reset(n for n, r in self.ranks.items() if old_ranks.get(n, r) != r)
         self.optimizer.reset(self.params if meta.get("reset_all") else meta.get("reset", []))
         with torch.no_grad():
             for name, tensor in read_adapters(message, self.layout).items():

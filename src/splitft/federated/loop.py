@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splitft.config import Config
+from splitft.errors import SplitFTError
 from splitft.federated.aggregation import merge
 from splitft.federated.clock import RoundTiming, VirtualClock
 from splitft.federated.codec import ByteLedger, Entry, bytes_by_kind, encode_message
@@ -104,6 +105,9 @@ class RoundLoop:
         self.cut_blocks: set[int] = set()
         self.version = 0  # bumped whenever the global set changes
         self.synced: dict[int, tuple[int, int]] = {}  # client -> (version, cut) it holds
+        self.pending_reset: dict[
+            int, set[str]
+        ] = {}  # client -> tensors whose basis changed since its last round
 
     @property
     def uses_accuracy(self) -> bool:
@@ -131,16 +135,22 @@ class RoundLoop:
         new_cut_blocks = cut_blocks(cuts)
         fresh = sorted(new_cut_blocks - self.cut_blocks)
         self.cut_blocks = new_cut_blocks
-        reset = canonicalize_blocks(self.main_server.global_adapters, self.layout, fresh) if fresh else []
         if fresh:
+            changed = canonicalize_blocks(self.main_server.global_adapters, self.layout, fresh)
             self.version += 1
+            # Every copy of these tensors, including those of clients not sampled this round,
+            # holds optimizer moments in the old basis: reset them at that client's next round.
+            for i in range(self.num_clients):
+                self.pending_reset.setdefault(i, set()).update(changed)
         reset_all = self.cfg.aggregation == "svd"
 
         # 1. Each client takes the global adapters of its blocks [0, cut).
         start = self.main_server.global_adapters
         for i in clients:
-            self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped)
-            self.main_server.begin_round(i, cuts[i], reset=reset, reset_all=reset_all)
+            reset = sorted(self.pending_reset.get(i, ()))
+            if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
+                self.main_server.begin_round(i, cuts[i], reset=reset, reset_all=reset_all)
+                self.pending_reset.pop(i, None)
         clients = [i for i in clients if i not in self.dropped]
 
         # 2. Split steps. Each client's step runs forward -> server -> backward before the
@@ -174,6 +184,9 @@ class RoundLoop:
         self.main_server.global_adapters = merged
         self.version += 1
         participants = sorted(client_side)
+        if not participants:
+            failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
+            raise SplitFTError(f"round {round_number}: every client failed ({failures})")
 
         # 4. Held-out accuracy of the new global set, for the policy's next decision.
         if self.uses_accuracy:
@@ -208,7 +221,7 @@ class RoundLoop:
         reset: Sequence[str],
         reset_all: bool,
         dropped: list[dict],
-    ) -> None:
+    ) -> bool:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
         ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.r_cut)
         held = self.synced.get(i) == (self.version, cut)
@@ -220,14 +233,17 @@ class RoundLoop:
             "reset_all": reset_all,
         }
         entries.append(Entry("control", "control", meta))
-        if self._call(round_number, i, "begin_round", encode_message(entries).data, dropped) is not None:
-            self.synced[i] = (self.version, cut)
+        if self._call(round_number, i, "begin_round", encode_message(entries).data, dropped) is None:
+            return False
+        self.synced[i] = (self.version, cut)
+        return True
 
     def _score_heldout(
         self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
     ) -> None:
         """Each client forwards its held-out samples through the new global set; the server scores."""
         samples = self.cfg.policy.heldout_samples
+        self.accuracy = {}  # only this round's scores steer the next allocation
         for i in clients:
             self._begin(round_number, i, cuts[i], self.main_server.global_adapters, [], False, dropped)
             payload = self._call(round_number, i, "heldout_forward", control(samples=samples), dropped)

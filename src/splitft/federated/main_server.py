@@ -68,8 +68,11 @@ class MainServer:
                 self.cfg.train,
                 self.total_steps,
             )
+            old_ranks = copy.ranks if copy else {}
             copy = _ServerCopy(cut, params, optimizer, ranks)
             self.copies[client_id] = copy
+            # A tensor that now trains at a lower rank must not keep moments of its dropped components.
+            optimizer.reset(n for n, r in ranks.items() if old_ranks.get(n, r) != r)
         copy.optimizer.reset(copy.params if reset_all else reset)
         with torch.no_grad():
             for name, tensor in copy.params.items():
@@ -83,7 +86,13 @@ class MainServer:
         if "hidden" not in message:
             return StepStats(0.0, 0, 0)
         device = self.model.device
-        global_part = {n: self.global_adapters[n] for n in copy.params}
+        # The global set as this client's copy holds it (its first block at rank r_cut), so the
+        # score is of the model the client and the server train together.
+        global_part = {
+            n: self.global_adapters[n]
+            * component_mask(n, self.global_adapters[n].shape, copy.ranks[n]).to(device)
+            for n in copy.params
+        }
         with torch.no_grad():
             logits = self.model.server_forward(
                 copy.cut,
