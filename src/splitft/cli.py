@@ -88,6 +88,17 @@ def _partition(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(ns: argparse.Namespace) -> int:
+    from splitft.compare import compare, parse_vary
+    from splitft.report.compare import format_table
+
+    field, values = parse_vary(ns.vary)
+    rows = compare(config_from_args(ns, ns.config), field, values, ns.out, ns.target_ppl)
+    print(format_table(rows))
+    print(f"wrote {ns.out}/comparison.md, comparison.csv and plots")
+    return 0
+
+
 def _report(ns: argparse.Namespace) -> int:
     from splitft.report.compare import compare_runs, format_table
 
@@ -106,7 +117,7 @@ def _report(ns: argparse.Namespace) -> int:
 
 def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
     """An unknown ``--section.field`` of `train` gets the config's error, with a suggestion."""
-    if ns.command == "train" and unknown[0].startswith("--"):
+    if ns.command in ("train", "compare") and unknown[0].startswith("--"):
         key, _, value = unknown[0][2:].partition("=")
         Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
 
@@ -142,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     ev.set_defaults(run=_eval)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="train several values of one field on the same data and seed, and compare them",
+        usage="splitft compare --vary FIELD=V1,V2[,...] --out DIR [--config FILE] [--section.field VALUE ...]",
+    )
+    cmp.add_argument("--vary", required=True, help="the field and its values, e.g. policy.name=fixed,splitft")
+    cmp.add_argument("--out", required=True, help="folder for one run per value and the comparison")
+    cmp.add_argument("--config", help="TOML config the runs share")
+    cmp.add_argument(
+        "--target-ppl", type=float, default=None, help="perplexity for the time-to-target column"
+    )
+    add_config_arguments(cmp)
+    cmp.set_defaults(run=_compare)
 
     bench = sub.add_parser(
         "bench", help="measure split vs unsplit step time, bytes per step and memory per client"
