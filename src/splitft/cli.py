@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="", help="also write the results as JSON here")
     bench.set_defaults(run=_bench)
 
-    # Numbers are taken as text and parsed by the config, so a bad value is one `error:` line.
+    # Numbers are taken as text and parsed by the config, so a bad value is one `error:` line;
+    # defaults come from the config, so this shows what `splitft train` would get.
+    data = Config().data
     part = sub.add_parser(
         "partition",
         help="show how a partition spreads the training samples and their lengths over clients",
@@ -195,9 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--partition", default="length-dirichlet", metavar="KIND", help="iid or length-dirichlet (default)"
     )
     part.add_argument(
-        "--alpha", default="0.5", metavar="A", help="Dirichlet concentration; small = skewed (default: 0.5)"
+        "--alpha",
+        default=str(data.alpha),
+        metavar="A",
+        help=f"Dirichlet concentration; small = skewed (default: {data.alpha})",
     )
-    part.add_argument("--bins", default="10", metavar="B", help="number of length bins (default: 10)")
+    part.add_argument(
+        "--bins", default=str(data.bins), metavar="B", help=f"number of length bins (default: {data.bins})"
+    )
     part.add_argument(
         "--partition-by",
         default="length",
@@ -206,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     part.add_argument("--seed", default="0", metavar="S", help="seed of the partition (default: 0)")
     part.add_argument(
-        "--max-length", default="128", metavar="T", help="truncate samples at T tokens (default: 128)"
+        "--max-length",
+        default=str(data.max_length),
+        metavar="T",
+        help=f"truncate samples at T tokens (default: {data.max_length})",
     )
     part.add_argument(
         "--tokenizer",
