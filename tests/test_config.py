@@ -148,7 +148,7 @@ def test_unknown_field_suggests_the_close_match() -> None:
         Config().with_overrides({"lora.rcut": "4"})
     assert str(info.value) == (
         "unknown field 'lora.rcut'; did you mean 'lora.r_cut'? "
-        "fields of [lora]: r_cut, r_others, alpha, target_modules"
+        "fields of [lora]: r_cut, r_others, cut_rank_sides, alpha, target_modules"
     )
 
 
@@ -305,8 +305,8 @@ def test_choice_sets_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_field_docs() -> None:
     docs = field_docs(LoraConfig)
-    assert list(docs) == ["r_cut", "r_others", "alpha", "target_modules"]
-    assert docs["r_cut"] == "LoRA rank of the cut block, on both sides of the cut."
+    assert list(docs) == ["r_cut", "r_others", "cut_rank_sides", "alpha", "target_modules"]
+    assert docs["r_cut"] == "LoRA rank of the cut block (on the sides cut_rank_sides names)."
     # Multi-line docstrings are collapsed to one line.
     assert field_docs(config_module.SplitConfig)["cuts"] == (
         "Cut layer per client: one value for all, or one per client; a client runs blocks "
@@ -367,7 +367,7 @@ def test_config_from_args_validates() -> None:
 
 def test_help_shows_docstrings_defaults_and_groups() -> None:
     text = " ".join(_parser().format_help().split())  # undo argparse's line wrapping
-    assert "LoRA rank of the cut block, on both sides of the cut. (default: 8)" in text
+    assert "LoRA rank of the cut block (on the sides cut_rank_sides names). (default: 8)" in text
     assert "Peak learning rate of AdamW. (default: 0.001)" in text
     assert "(default: [])" in text
     assert "(default: '')" in text

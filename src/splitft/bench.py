@@ -122,7 +122,7 @@ class StepBench:
         """The split step, and a probe that runs one and returns the client's pending-graph bytes."""
         server = MainServer(self.model, self.layout, self.cfg, self.adapters)
         client = Client(0, self.model, self.layout, self.data, self.cfg, self.pad_id)
-        ranks = copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.r_cut)
+        ranks = copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.client_cut_rank)
         entries = adapter_entries({n: self.adapters[n] for n in ranks}, ranks)
         server.begin_round(0, self.cut)
         client.begin_round(encode_message([*entries, Entry("control", "control", {"cut": self.cut})]).data)

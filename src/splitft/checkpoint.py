@@ -6,6 +6,10 @@ tensors and AdamW moments) and ``state.json`` (round number, cuts, accuracies, p
 merge bookkeeping, dropped clients, each client's position in its data stream, the byte
 ledger, the virtual clock, the best round so far). No pickle anywhere.
 
+A client's state is asked of the client itself (``Client.export_state`` / ``restore_state``:
+codec bytes through the runtime, called directly so the byte ledger does not count them), so
+checkpoints work wherever clients run, in-process or on FLARE sites, and across the two.
+
 No global random state needs saving: after ``setup`` every random choice is keyed by the
 seed and the round, client or epoch (client sampling, batch order), so restoring the counters
 restores the randomness. Resuming four rounds as 2 + 2 gives the metrics of 4 rounds straight.
@@ -23,49 +27,40 @@ from safetensors.torch import load_file, save_file
 
 from splitft.errors import ConfigError
 from splitft.federated.clock import VirtualClock
-from splitft.federated.loop import RoundLoop
-from splitft.federated.optim import AdapterOptimizer, retarget
+from splitft.federated.codec import Entry, encode_message
+from splitft.federated.loop import RoundLoop, client_role
+from splitft.federated.messages import control, read
+from splitft.federated.optim import optimizer_tensors, restore_optimizer
+from splitft.federated.whole_model import WholeModelLoop, WholeModelTrainer
 from splitft.report.rundir import RunDirectory
+from splitft.runtime.base import CallFailure
 
 FOLDER = "checkpoint"
-_MOMENTS = ("exp_avg", "exp_avg_sq", "step")
-
-
-def _optimizer_tensors(prefix: str, optimizer: AdapterOptimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, tensor in optimizer.params.items():
-        out[f"{prefix}/param/{name}"] = tensor.detach()
-        for key, value in optimizer.optimizer.state.get(tensor, {}).items():
-            out[f"{prefix}/{key}/{name}"] = torch.as_tensor(value)
-    return out
-
-
-def _restore_optimizer(prefix: str, optimizer: AdapterOptimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, tensor in optimizer.params.items():
-            tensor.copy_(tensors[f"{prefix}/param/{name}"])
-            state = {
-                k: tensors[f"{prefix}/{k}/{name}"].clone()
-                for k in _MOMENTS
-                if f"{prefix}/{k}/{name}" in tensors
-            }
-            optimizer.optimizer.state.pop(tensor, None)
-            if state:
-                optimizer.optimizer.state[tensor] = state
 
 
 def save(run: RunDirectory, loop: RoundLoop, round_number: int, extra: dict[str, Any]) -> None:
     """Write the state after ``round_number`` (all of it, or nothing: one atomic rename)."""
+    if isinstance(loop, WholeModelLoop):
+        tensors, state = _whole_model_state(loop)
+        _write(run, tensors, {"round": round_number, **state, **extra})
+        return
     tensors: dict[str, torch.Tensor] = {f"global/{n}": t for n, t in loop.main_server.global_adapters.items()}
     clients = {}
-    for role in loop.runtime.roles.values():
-        clients[role.client_id] = {"cut": role.cut, "batches_taken": role.batches_taken}
-        if role.optimizer is not None:
-            tensors.update(_optimizer_tensors(f"client{role.client_id}", role.optimizer))
+    for i in range(loop.num_clients):
+        if i in loop.dropped:
+            continue  # never called again, and its process may be gone
+        result = loop.runtime.call(client_role(i), "export_state", control())  # not training traffic
+        if isinstance(result, CallFailure):
+            loop.drop_late(round_number, i, "export_state", result.error)
+            continue
+        message = read(result)
+        clients[i] = message.pop("control")
+        prefix = f"client{i}/"
+        tensors.update({prefix + k.removeprefix("client/"): v for k, v in message.items()})
     copies = {}
     for i, copy in loop.main_server.copies.items():
         copies[i] = copy.cut
-        tensors.update(_optimizer_tensors(f"server{i}", copy.optimizer))
+        tensors.update(optimizer_tensors(f"server{i}", copy.optimizer))
     state = {
         "round": round_number,
         "previous_cuts": loop.previous_cuts,
@@ -82,6 +77,10 @@ def save(run: RunDirectory, loop: RoundLoop, round_number: int, extra: dict[str,
         **extra,
     }
 
+    _write(run, tensors, state)
+
+
+def _write(run: RunDirectory, tensors: Mapping[str, torch.Tensor], state: dict[str, Any]) -> None:
     def fill(folder: Path) -> None:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(folder / "tensors.safetensors"))
         (folder / "state.json").write_text(json.dumps(state) + "\n")
@@ -99,38 +98,73 @@ def load(run: RunDirectory, loop: RoundLoop) -> dict[str, Any]:
         tensors = load_file(str(folder / "tensors.safetensors"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"--resume {run.path}: the checkpoint cannot be read ({err})") from None
+    if isinstance(loop, WholeModelLoop):
+        _restore_whole_model(loop, state, tensors)
+        return state
     device = loop.main_server.model.device
     tensors = {k: v.to(device) for k, v in tensors.items()}
     loop.main_server.global_adapters = {
         k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")
     }
-    cfg = loop.cfg
     for key, cut in state["server_copies"].items():
         i = int(key)
         loop.main_server.begin_round(i, cut)
-        _restore_optimizer(f"server{i}", loop.main_server.copies[i].optimizer, tensors)
+        restore_optimizer(f"server{i}", loop.main_server.copies[i].optimizer, tensors)
+    loop.dropped = set(state["dropped"])
     for key, meta in state["clients"].items():
-        client = loop.runtime.roles[f"client-{key}"]
-        client.skip_batches(meta["batches_taken"])
-        if meta["cut"]:
-            client.cut = meta["cut"]
-            client.params, client.optimizer = retarget(
-                {},
-                None,
-                client.layout.names(range(client.cut)),
-                client.layout.shapes,
-                device,
-                cfg.train,
-                client.total_steps,
-            )
-            _restore_optimizer(f"client{key}", client.optimizer, tensors)
+        i = int(key)
+        prefix = f"client{i}/"
+        entries = [Entry("control", "control", meta)]
+        entries += [
+            Entry("client/" + k.removeprefix(prefix), "adapters", v.cpu())
+            for k, v in tensors.items()
+            if k.startswith(prefix)
+        ]
+        result = loop.runtime.call(client_role(i), "restore_state", encode_message(entries).data)
+        if isinstance(result, CallFailure):
+            loop.drop_late(state["round"], i, "restore_state", result.error)
     loop.previous_cuts = state["previous_cuts"]
     loop.accuracy = {int(i): a for i, a in state["accuracy"].items()}
     loop.cut_blocks = set(state["cut_blocks"])
     loop.version = state["version"]
     loop.synced = {int(i): tuple(v) for i, v in state["synced"].items()}
     loop.pending_reset = {int(i): set(v) for i, v in state["pending_reset"].items()}
-    loop.dropped = set(state["dropped"])
     loop.clock = VirtualClock.from_dict(state["clock"])
     loop.ledger.restore(state["ledger"])  # in place: the Experiment and the loop share it
     return state
+
+
+def _trainers(loop: WholeModelLoop) -> dict[str, WholeModelTrainer]:
+    if loop.trainer is not None:
+        return {"trainer": loop.trainer}
+    return {f"client{role.client_id}": role for role in loop.runtime.roles.values()}
+
+
+def _whole_model_state(loop: WholeModelLoop) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """fedlora / centralized: global adapters, each trainer's AdamW state and data position."""
+    tensors: dict[str, torch.Tensor] = {f"global/{n}": t for n, t in loop.global_adapters.items()}
+    for prefix, trainer in _trainers(loop).items():
+        tensors.update(optimizer_tensors(prefix, trainer.optimizer))
+    state = {
+        "batches_taken": {prefix: t.batches_taken for prefix, t in _trainers(loop).items()},
+        "dropped": sorted(loop.dropped),
+        "clock": loop.clock.to_dict(),
+        "ledger": loop.ledger.to_dict(),
+    }
+    return tensors, state
+
+
+def _restore_whole_model(
+    loop: WholeModelLoop, state: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    trainers = _trainers(loop)
+    device = next(iter(trainers.values())).model.device
+    tensors = {k: v.to(device) for k, v in tensors.items()}
+    loop.global_adapters = {
+        k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")
+    }
+    for prefix, trainer in trainers.items():
+        restore_optimizer(prefix, trainer.optimizer, tensors)
+        trainer.skip_batches(state["batches_taken"][prefix])
+    loop.clock = VirtualClock.from_dict(state["clock"])
+    loop.ledger.restore(state["ledger"])

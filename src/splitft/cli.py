@@ -40,6 +40,9 @@ def _train(ns: argparse.Namespace) -> int:
         out = ns.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
         result = train(cfg, out, progress=True)
     s = result.summary
+    if "note" in s:  # flare-prod: the run directory is on the FLARE server host
+        print(f"done: {s['note']} -> {result.run_dir}")
+        return 0
     print(
         f"done: {s['rounds']} rounds, final test ppl {s['final_test_ppl']:.3f}, "
         f"acc {s['final_test_acc']:.4f}, {(s['bytes_up'] + s['bytes_down']) / 1e6:.2f} MB, "
@@ -89,11 +92,23 @@ def _partition(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from splitft.compare import compare, parse_vary
+    from splitft.compare import compare, load_preset, plan_from_vary
     from splitft.report.compare import format_table
 
-    field, values = parse_vary(ns.vary)
-    rows = compare(config_from_args(ns, ns.config), field, values, ns.out, ns.target_ppl)
+    if ns.preset and ns.config:
+        raise ConfigError("give --preset or --config, not both (a preset is a config with a [compare] table)")
+    if ns.preset:
+        _, plan = load_preset(ns.preset)
+        if ns.vary:
+            plan.runs = plan_from_vary(ns.vary).runs
+    elif ns.vary:
+        plan = plan_from_vary(ns.vary)
+    else:
+        raise ConfigError("splitft compare needs --vary FIELD=V1,V2 or --preset FILE")
+    base = config_from_args(ns, ns.preset or ns.config)
+    if plan.description:
+        print(plan.description)
+    rows = compare(base, plan, ns.out, ns.target_ppl, ns.reuse)
     print(format_table(rows))
     print(f"wrote {ns.out}/comparison.md, comparison.csv and plots")
     return 0
@@ -156,10 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser(
         "compare",
-        help="train several values of one field on the same data and seed, and compare them",
-        usage="splitft compare --vary FIELD=V1,V2[,...] --out DIR [--config FILE] [--section.field VALUE ...]",
+        help="train several methods or values of a field on the same data and seed, and compare them",
+        usage="splitft compare (--vary FIELD=V1,V2[,...] ... | --preset FILE) --out DIR [--config FILE] "
+        "[--section.field VALUE ...]",
     )
-    cmp.add_argument("--vary", required=True, help="the field and its values, e.g. policy.name=fixed,splitft")
+    cmp.add_argument(
+        "--vary",
+        action="append",
+        help="a field and its values, e.g. method=fedlora,splitft; repeat for a grid (every combination)",
+    )
+    cmp.add_argument(
+        "--preset", help="a preset file (configs/): base config plus the runs of its [compare] table"
+    )
+    cmp.add_argument(
+        "--reuse",
+        metavar="DIR",
+        help="copy a run whose exact config already finished under DIR instead of training it again",
+    )
     cmp.add_argument("--out", required=True, help="folder for one run per value and the comparison")
     cmp.add_argument("--config", help="TOML config the runs share")
     cmp.add_argument(

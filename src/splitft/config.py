@@ -35,12 +35,14 @@ except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
 SCHEDULES = ("constant", "linear", "cosine")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("fedavg", "svd")
-RUNTIMES = ("inprocess",)
+RUNTIMES = ("inprocess", "flare-sim", "flare-poc", "flare-prod")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITIONS = ("iid", "length-dirichlet")
 POLICIES = ("fixed", "accuracy", "resource", "splitft")
 DEVICE_PRESETS = ("homogeneous", "hetero")
 CLOCK_ORDERS = ("parallel", "sequential")
+METHODS = ("splitft", "sfl-fixed", "fedlora", "centralized")
+CUT_RANK_SIDES = ("none", "client", "both")
 
 
 @dataclass
@@ -123,13 +125,26 @@ class SplitConfig:
 @dataclass
 class LoraConfig:
     r_cut: int = 8
-    """LoRA rank of the cut block, on both sides of the cut."""
+    """LoRA rank of the cut block (on the sides cut_rank_sides names)."""
     r_others: int = 16
     """LoRA rank of every other block."""
+    cut_rank_sides: str = "both"
+    """Where r_cut applies: 'both' (the client's last block and the server's first, the
+    paper), 'client' (the client's last block only) or 'none' (every block at r_others)."""
     alpha: float = 32.0
     """LoRA alpha; the scaling alpha/r_others is the same for every block and rank."""
     target_modules: list[str] = field(default_factory=list)
     """Module names LoRA adapts (empty = the family's attention projections)."""
+
+    @property
+    def client_cut_rank(self) -> int:
+        """Rank the client trains its last block at."""
+        return self.r_cut if self.cut_rank_sides in ("client", "both") else self.r_others
+
+    @property
+    def server_cut_rank(self) -> int:
+        """Rank the server trains its first block at."""
+        return self.r_cut if self.cut_rank_sides == "both" else self.r_others
 
 
 @dataclass
@@ -198,6 +213,20 @@ class DevicesConfig:
 
 
 @dataclass
+class FlareConfig:
+    workspace: str = ""
+    """flare-sim / flare-poc: FLARE workspace folder ('' = a temporary one, removed afterwards)."""
+    site_configs: list[str] = field(default_factory=list)
+    """flare-sim / flare-poc: one site TOML per client (data_path, device; see README), as a
+    production site reads from $SPLITFT_SITE_CONFIG; empty = each site trains on its partition
+    of the job's corpus and keeps the job's device tier."""
+    startup_kit: str = ""
+    """flare-prod: the admin's startup kit folder (from nvflare provision), used to submit the job."""
+    username: str = "admin@nvidia.com"
+    """flare-prod: the admin user named in that startup kit."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,12 +238,23 @@ class Config:
     codec: CodecConfig = field(default_factory=CodecConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    flare: FlareConfig = field(default_factory=FlareConfig)
+    method: str = "splitft"
+    """What to train: 'splitft' (split learning with per-client cuts from policy.name and the
+    reduced rank at the cut), 'sfl-fixed' (one fixed cut for all, split.cuts = [k]),
+    'fedlora' (no split: every client trains the whole model, FedAvg of all adapters) or
+    'centralized' (LoRA on the unsplit model, all clients' data pooled, on the server)."""
     aggregation: str = "fedavg"
     """How client changes are merged: 'fedavg' (average the changes of A and B, the paper) or
     'svd' (average the updates B*A and keep their best rank-r_others approximation; every merge
     changes the basis, so optimizer state restarts each round: prefer several local steps)."""
     runtime: str = "inprocess"
-    """How calls between roles travel: 'inprocess'."""
+    """How calls between roles travel: 'inprocess' (one process), or over NVIDIA FLARE
+    (pip install splitft[flare]): 'flare-sim' (SimEnv, one machine), 'flare-poc' (PocEnv: real
+    processes with mutual TLS on loopback) or 'flare-prod' (a provisioned project; see README)."""
+    call_timeout_s: float = 0.0
+    """Seconds a call to a client may take before that client is dropped for the rest of the
+    run (0 = no limit; flare runtimes only: in-process calls cannot be interrupted)."""
     seed: int = 0
     """Seed of every random choice (data split, LoRA init, client sampling)."""
     threads: int = 0
@@ -241,14 +281,11 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Config:
-        """Load a TOML file; missing fields keep their defaults."""
+        """Load a TOML file; missing fields keep their defaults. A preset's ``description``
+        and ``[compare]`` table (read by ``splitft compare``) are not config fields."""
+        data = {k: v for k, v in load_toml(path).items() if k not in PRESET_KEYS}
         try:
-            with open(path, "rb") as f:
-                return cls.from_dict(tomllib.load(f))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+            return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
@@ -278,6 +315,23 @@ class Config:
                 raise ConfigError(f"{key} = {value!r}: {allowed}")
 
 
+PRESET_KEYS = ("description", "compare")
+"""Top-level keys of a preset file that are not config fields."""
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid file is a ConfigError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
 _HINTS = get_type_hints(Config)
 SECTIONS: dict[str, type] = {name: tp for name, tp in _HINTS.items() if is_dataclass(tp)}
 """Section name -> its dataclass, in TOML and help order."""
@@ -296,7 +350,7 @@ _MINIMUM = {
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
-    "policy.slack": 0,
+    "policy.slack": 0, "call_timeout_s": 0,
 }
 # fmt: on
 _POSITIVE = ("lora.alpha", "train.lr", "data.alpha")
@@ -310,7 +364,8 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES,
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES,
-               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS}
+               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS,
+               "lora.cut_rank_sides": CUT_RANK_SIDES}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
@@ -322,6 +377,25 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
+        *_method_rules(cfg),
+    ]
+
+
+def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """sfl-fixed is one cut for every client, kept all run long."""
+    if cfg.method != "sfl-fixed":
+        return []
+    return [
+        (
+            "policy.name",
+            lambda v: v == "fixed",
+            "must be 'fixed' with method = 'sfl-fixed' (use method = 'splitft' for cuts that move)",
+        ),
+        (
+            "split.cuts",
+            lambda v: len(set(v)) == 1,
+            "must give one cut for every client with method = 'sfl-fixed', e.g. [2]",
+        ),
     ]
 
 

@@ -39,12 +39,23 @@ from splitft.federated.loop import RoundLoop, client_role
 from splitft.federated.main_server import MainServer
 from splitft.federated.policy import make_policy, resolve_cuts
 from splitft.federated.timing import RoundTimer
+from splitft.federated.whole_model import WholeModelLoop, WholeModelTrainer, pool
 from splitft.model.loading import load_model, load_tokenizer
-from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, export_adapters, initial_adapters
+from splitft.model.lora import (
+    AdapterLayout,
+    Adapters,
+    attach_lora,
+    copy_ranks,
+    export_adapters,
+    initial_adapters,
+)
 from splitft.model.split import SplitModel
 from splitft.report.plots import plot_run
 from splitft.report.rundir import RunDirectory
 from splitft.runtime import InProcessRuntime, Runtime
+
+SPLIT_METHODS = ("splitft", "sfl-fixed")
+"""Methods that split the model (the others train it whole: fedlora, centralized)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,10 +78,14 @@ class Experiment:
     data: PreparedData
     cuts: list[int]
     timer: RoundTimer
-    clients: list[Client]
-    main_server: MainServer
-    runtime: Runtime
+    clients: list[Client] | list[WholeModelTrainer]
+    main_server: MainServer | None
+    runtime: Runtime | None
     ledger: ByteLedger = field(default_factory=ByteLedger)
+    initial: Adapters = field(default_factory=dict)
+    """The freshly initialised global adapter set."""
+    trainer: WholeModelTrainer | None = None
+    """method 'centralized': the one trainer of the pooled data."""
 
     @property
     def pad_id(self) -> int:
@@ -91,8 +106,15 @@ def setup(cfg: Config) -> Experiment:
     probe = SplitModel(base)  # the family and depth, before LoRA is injected
     cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, probe.num_blocks)
     timer = RoundTimer(cfg, base.config, probe.num_blocks)
+    if cfg.method == "fedlora" and not any(timer.whole_model_fits):
+        raise ConfigError(
+            f"method = 'fedlora': no client's device can train the whole model (it needs "
+            f"{timer.whole_model_bytes / 1e6:.0f} MB at batch {cfg.train.batch_size} x {cfg.data.max_length} "
+            f"tokens; devices: {', '.join(d.name for d in timer.devices)}); that is what split learning "
+            "is for: use method = 'splitft' or 'sfl-fixed', or larger devices"
+        )
     for i, (cut, most) in enumerate(zip(cuts, timer.max_cut, strict=True)):
-        if cut > most:
+        if cut > most and cfg.method in SPLIT_METHODS:
             raise ConfigError(
                 f"split.cuts gives client {i} cut {cut}, but its device ({timer.devices[i].name}) holds at most "
                 f"{most} blocks at batch {cfg.train.batch_size} x {cfg.data.max_length} tokens; use a cut <= {most}"
@@ -104,16 +126,59 @@ def setup(cfg: Config) -> Experiment:
     causal_lm = peft_model.base_model.model
     model = SplitModel(causal_lm)
     layout = AdapterLayout.of(causal_lm, model.family)
-    main_server = MainServer(model, layout, cfg, initial_adapters(causal_lm))
+    initial = initial_adapters(causal_lm)
     pad_id = pad_id_of(tokenizer)
+    if cfg.method not in SPLIT_METHODS:
+        return _setup_whole_model(cfg, tokenizer, peft_model, model, layout, data, cuts, timer, initial)
+    main_server = MainServer(model, layout, cfg, initial)
     clients = [
         Client(i, model, layout, data.clients[i], cfg, pad_id, data.heldout[i])
         for i in range(cfg.federation.num_clients)
     ]
     runtime = InProcessRuntime({client_role(c.client_id): c for c in clients})
     return Experiment(
-        cfg, tokenizer, peft_model, model, layout, data, cuts, timer, clients, main_server, runtime
+        cfg,
+        tokenizer,
+        peft_model,
+        model,
+        layout,
+        data,
+        cuts,
+        timer,
+        clients,
+        main_server,
+        runtime,
+        initial=initial,
     )
+
+
+def _setup_whole_model(
+    cfg: Config,
+    tokenizer: Any,
+    peft_model: PeftModel,
+    model: SplitModel,
+    layout: AdapterLayout,
+    data: PreparedData,
+    cuts: list[int],
+    timer: RoundTimer,
+    initial: Adapters,
+) -> Experiment:
+    """The roles of fedlora (a whole-model trainer per client) or centralized (one trainer)."""
+    fed = cfg.federation
+    pad_id = pad_id_of(tokenizer)
+    exp = Experiment(
+        cfg, tokenizer, peft_model, model, layout, data, cuts, timer, [], None, None, initial=initial
+    )
+    if cfg.method == "centralized":
+        steps = fed.rounds * (fed.clients_per_round or fed.num_clients) * fed.local_steps
+        exp.trainer = WholeModelTrainer(0, model, layout, pool(data.clients), cfg, pad_id, steps)
+        return exp
+    exp.clients = [
+        WholeModelTrainer(i, model, layout, data.clients[i], cfg, pad_id, fed.rounds * fed.local_steps)
+        for i in range(fed.num_clients)
+    ]
+    exp.runtime = InProcessRuntime({client_role(c.client_id): c for c in exp.clients})
+    return exp
 
 
 @dataclass
@@ -124,18 +189,42 @@ class RunResult:
 
 
 def trainable_params(exp: Experiment, cuts: list[int]) -> tuple[list[int], list[int]]:
-    """LoRA parameters each client trains, and the server trains for it, at the rank trained."""
-    r_cut, layout, m = exp.cfg.lora.r_cut, exp.layout, exp.model.num_blocks
+    """LoRA parameters each client trains, and the server trains for it, at the rank trained
+    (fedlora: all of them on the client; centralized: all of them on the server, once)."""
+    lora, layout, m = exp.cfg.lora, exp.layout, exp.model.num_blocks
+    everything = sum(layout.num_params(name, layout.rank) for name in layout.shapes)
+    if exp.cfg.method == "fedlora":
+        return [everything] * len(cuts), [0] * len(cuts)
+    if exp.cfg.method == "centralized":
+        return [0] * len(cuts), [everything]
     client, server = [], []
     for cut in cuts:
-        for blocks, cut_block, out in ((range(cut), cut - 1, client), (range(cut, m), cut, server)):
+        sides = (
+            (range(cut), cut - 1, lora.client_cut_rank, client),
+            (range(cut, m), cut, lora.server_cut_rank, server),
+        )
+        for blocks, cut_block, r_cut, out in sides:
             ranks = copy_ranks(layout, blocks, cut_block, r_cut)
             out.append(sum(layout.num_params(name, rank) for name, rank in ranks.items()))
     return client, server
 
 
-def make_loop(exp: Experiment) -> RoundLoop:
-    """The round loop of ``exp`` with the configured allocation policy."""
+def make_loop(exp: Experiment) -> RoundLoop | WholeModelLoop:
+    """The round loop of ``exp``: split learning with the configured allocation policy, or the
+    whole-model loop of fedlora / centralized."""
+    if exp.cfg.method not in SPLIT_METHODS:
+        fits = exp.timer.whole_model_fits if exp.cfg.method == "fedlora" else [True] * len(exp.cuts)
+        return WholeModelLoop(
+            exp.cfg,
+            exp.layout,
+            exp.runtime,
+            dict(exp.initial),
+            exp.ledger,
+            exp.timer,
+            exp.model.num_blocks,
+            fits,
+            exp.trainer,
+        )
     p = exp.cfg.policy
     policy = make_policy(p.name, exp.cuts, p.gamma, p.tolerance, p.slack)
     return RoundLoop(
@@ -167,9 +256,7 @@ def fit(
         wall_offset = state["wall_s"]
     else:
         first, best, final_test, wall_offset = 1, {"val_loss": None, "round": None}, None, 0.0
-        initial = _score(
-            exp, exp.main_server.global_adapters, exp.data.test
-        )  # the base model, before training
+        initial = _score(exp, exp.initial, exp.data.test)  # the base model, before training
     started = time.perf_counter()
     rounds = cfg.federation.rounds
     bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress)
@@ -178,6 +265,7 @@ def fit(
         row: dict[str, Any] = {
             "round": round_number,
             "train_loss": result.train_loss,
+            "samples": result.samples,
             "val_loss": None,
             "test_ppl": None,
             "test_acc": None,
@@ -196,7 +284,7 @@ def fit(
             **exp.ledger.round_totals(round_number),
         }
         if round_number % cfg.eval.every == 0 or round_number == rounds:
-            adapters = exp.main_server.global_adapters
+            adapters = loop.global_adapters
             val = _score(exp, adapters, exp.data.validation)
             test = _score(exp, adapters, exp.data.test)
             row.update(val_loss=val.loss, test_ppl=test.ppl, test_acc=test.acc, test_loss=test.loss)
@@ -217,7 +305,7 @@ def fit(
         }
         checkpoint.save(run, loop, round_number, extra)
 
-    run.write_folder("adapter", lambda p: _export(exp, exp.main_server.global_adapters, p))
+    run.write_folder("adapter", lambda p: _export(exp, loop.global_adapters, p))
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
     summary = _summary(exp, metrics, final_test, best["round"], wall_offset + time.perf_counter() - started)
@@ -267,7 +355,12 @@ def _summary(
         "wall_s": round(wall_s, 3),
         "virtual_s": metrics[-1]["virtual_s"],
         "rounds": len(metrics),
+        "samples_seen": sum(m.get("samples", 0) for m in metrics),
+        "method": exp.cfg.method,
         "policy": exp.cfg.policy.name,
+        "infeasible_clients": [i for i, ok in enumerate(exp.timer.whole_model_fits) if not ok]
+        if exp.cfg.method == "fedlora"
+        else [],
         "devices": {
             "clients": [d.to_dict() for d in exp.timer.devices],
             "server": exp.timer.server.to_dict(),
@@ -295,9 +388,21 @@ def _failure_marker(run: RunDirectory) -> Iterator[None]:
         raise
 
 
-def train(cfg: Config, out_dir: str | Path, progress: bool = False) -> RunResult:
-    """Set up, create ``out_dir`` (must be new or empty), write the config and run."""
+def train(
+    cfg: Config, out_dir: str | Path, progress: bool = False, runtime: Runtime | None = None
+) -> RunResult:
+    """Set up, create ``out_dir`` (must be new or empty), write the config and run.
+
+    With ``cfg.runtime`` a FLARE runtime, the run happens inside a FLARE job whose server calls
+    this again with its ``runtime`` (calls to the client sites) in place of the in-process one.
+    """
+    if runtime is None and cfg.runtime != "inprocess":
+        from splitft.runtime.flare_job import run_job
+
+        return run_job(cfg, out_dir)
     exp = setup(cfg)
+    if runtime is not None:
+        exp.runtime = runtime
     run = RunDirectory.create(out_dir)
     cfg.to_toml(run.path / "config.toml")
     with _failure_marker(run):
@@ -312,14 +417,24 @@ RESUME_OVERRIDES = (
     "eval.batch_size",
     "threads",
     "device",
+    "runtime",
+    "call_timeout_s",
+    "flare.workspace",
+    "flare.site_configs",
+    "flare.startup_kit",
+    "flare.username",
 )
 
 
 def resume(
-    run_dir: str | Path, overrides: dict[str, object] | None = None, progress: bool = False
+    run_dir: str | Path,
+    overrides: dict[str, object] | None = None,
+    progress: bool = False,
+    runtime: Runtime | None = None,
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its last complete round; ``overrides`` may change
-    only :data:`RESUME_OVERRIDES` (e.g. ``{"federation.rounds": 60}``)."""
+    only :data:`RESUME_OVERRIDES` (e.g. ``{"federation.rounds": 60}``). A run may continue on
+    another runtime: in-process and FLARE runs resume from the same checkpoint."""
     run = RunDirectory(run_dir)
     config_file = run.path / "config.toml"
     if not config_file.exists():
@@ -332,7 +447,13 @@ def resume(
                 f"allowed: {', '.join(RESUME_OVERRIDES)}"
             )
     cfg = Config.from_toml(config_file).with_overrides(overrides)
+    if runtime is None and cfg.runtime != "inprocess":
+        from splitft.runtime.flare_job import run_job
+
+        return run_job(cfg, run.path, resume_overrides=overrides)
     exp = setup(cfg)
+    if runtime is not None:
+        exp.runtime = runtime
     run.clear_failure()
     with _failure_marker(run):
         result = fit(exp, run, progress=progress, resume=True, on_resumed=lambda: cfg.to_toml(config_file))

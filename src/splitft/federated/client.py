@@ -15,7 +15,7 @@ from splitft.config import Config
 from splitft.data.tokenize import TokenizedDataset, batches, collate
 from splitft.federated.codec import Entry, encode_message
 from splitft.federated.messages import adapter_entries, control, read, read_adapters
-from splitft.federated.optim import AdapterOptimizer, retarget
+from splitft.federated.optim import AdapterOptimizer, optimizer_tensors, restore_optimizer, retarget
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel
 
@@ -50,7 +50,7 @@ class Client:
 
     @property
     def ranks(self) -> dict[str, int]:
-        return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.r_cut)
+        return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.client_cut_rank)
 
     def skip_batches(self, count: int) -> None:
         """Advance the data stream past ``count`` batches (resuming a run)."""
@@ -138,3 +138,38 @@ class Client:
         entries = adapter_entries(self.params, self.ranks)
         entries.append(Entry("control", "control", {"samples": len(self.data)}))
         return encode_message(entries).data
+
+    def export_state(self, payload: bytes) -> bytes:
+        """Everything a checkpoint needs of this client, as codec bytes: its cut, its position
+        in the data stream, and its adapters with their AdamW moments (full rank, exact).
+
+        It travels like any other call, so a checkpoint works wherever the client runs; the
+        round loop does not count it as training traffic.
+        """
+        meta = {"cut": self.cut, "batches_taken": self.batches_taken}
+        entries = [Entry("control", "control", meta)]
+        if self.optimizer is not None:
+            tensors = optimizer_tensors("client", self.optimizer)
+            entries += [Entry(name, "adapters", t.cpu()) for name, t in tensors.items()]
+        return encode_message(entries).data
+
+    def restore_state(self, payload: bytes) -> bytes:
+        """Take back what :meth:`export_state` sent (resuming a run; this client is fresh)."""
+        message = read(payload)
+        meta = message.pop("control")
+        self.skip_batches(int(meta["batches_taken"]))
+        if meta["cut"]:
+            self.cut = int(meta["cut"])
+            self.params, self.optimizer = retarget(
+                {},
+                None,
+                self.layout.names(range(self.cut)),
+                self.layout.shapes,
+                self.model.device,
+                self.cfg.train,
+                self.total_steps,
+            )
+            device = self.model.device
+            tensors = {k: v.to(device) for k, v in message.items() if isinstance(v, torch.Tensor)}
+            restore_optimizer("client", self.optimizer, tensors)
+        return control(ok=True)

@@ -59,6 +59,9 @@ class ClientWork:
     adapter_up_bytes: float = 0.0
     eval_flops: float = 0.0
     eval_on: Literal["server", "client"] = "server"
+    local_flops: float = 0.0
+    """FLOPs the client computes on its own after the adapter download (fedlora's whole-model
+    steps: no server job, no activations)."""
 
     def __post_init__(self) -> None:
         if self.eval_on not in EVAL_ON:
@@ -177,6 +180,7 @@ def _run(server: DeviceProfile, clients: dict[int, _Client], server_free: float)
     pending: dict[int, tuple[float, float]] = {}
     for i, client in clients.items():
         client.transfer(client.work.adapter_down_bytes, up=False)
+        client.compute(client.work.local_flops)
         job = client.next_job()
         if job is not None:
             pending[i] = job
@@ -258,6 +262,7 @@ def predict_round(
     eval_flops: float = 0.0,
     eval_on: Literal["server", "client"] = "server",
     adapted_per_block: Projections | None = None,
+    server_r_cut: int | None = None,
 ) -> RoundTiming:
     """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``."""
     if len(profiles) != len(cuts):
@@ -265,7 +270,9 @@ def predict_round(
     works = [
         ClientWork.from_costs(
             device,
-            StepCosts.for_cut(shape, cut, batch, seq_len, r_others, r_cut, adapted_per_block, wire_dtype),
+            StepCosts.for_cut(
+                shape, cut, batch, seq_len, r_others, r_cut, adapted_per_block, wire_dtype, server_r_cut
+            ),
             steps,
             eval_flops,
             eval_on,

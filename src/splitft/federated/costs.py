@@ -168,11 +168,15 @@ def embed_flops(shape: ModelShape, tokens: int) -> int:
     return tokens * 2 * shape.embed_dim * shape.hidden if shape.embed_dim != shape.hidden else 0
 
 
-def block_ranks(num_blocks: int, cut: int, r_others: int, r_cut: int) -> list[int]:
-    """Trained LoRA rank per block for one client: ``r_cut`` on both sides of the cut."""
+def block_ranks(
+    num_blocks: int, cut: int, r_others: int, r_cut: int, server_r_cut: int | None = None
+) -> list[int]:
+    """Trained LoRA rank per block for one client: ``r_cut`` on the client's last block,
+    ``server_r_cut`` (default ``r_cut``) on the server's first, ``r_others`` elsewhere."""
     if not 1 <= cut <= num_blocks - 1:
         raise ConfigError(f"cut {cut} is outside 1..{num_blocks - 1} (the model has {num_blocks} blocks)")
-    return [r_cut if b in (cut - 1, cut) else r_others for b in range(num_blocks)]
+    by_block = {cut - 1: r_cut, cut: r_cut if server_r_cut is None else server_r_cut}
+    return [by_block.get(b, r_others) for b in range(num_blocks)]
 
 
 def _blocks_flops(
@@ -246,9 +250,10 @@ class StepCosts:
         r_cut: int = 8,
         adapted_per_block: Projections | None = None,
         wire_dtype: str = "fp32",
+        server_r_cut: int | None = None,
     ) -> StepCosts:
         adapted = adapted_per_block or shape.adapted_projections()
-        ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut)
+        ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut, server_r_cut)
         tokens = batch * seq_len
         client_fwd, client_bwd = _blocks_flops(shape, tokens, seq_len, ranks[:cut], adapted)
         server_fwd, server_bwd = _blocks_flops(shape, tokens, seq_len, ranks[cut:], adapted)
@@ -262,6 +267,15 @@ class StepCosts:
             down_bytes=activations,
             client_lora_params=client_lora_params(shape, cut, r_others, r_cut, adapted),
         )
+
+
+def whole_model_memory_bytes(shape: ModelShape, batch: int, seq_len: int, r_others: int) -> int:
+    """Peak training memory of a device holding the whole model (fedlora): every block, and
+    the logits with their gradient on top of the split client's terms."""
+    tokens = batch * seq_len
+    lora = shape.num_blocks * lora_params(r_others, shape.adapted_projections())
+    logits = 2 * tokens * shape.vocab
+    return client_memory_bytes(shape, shape.num_blocks, batch, seq_len, lora) + FLOAT_BYTES * logits
 
 
 def activation_floats_per_token(shape: ModelShape, seq_len: int) -> int:

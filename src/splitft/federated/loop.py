@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from splitft.config import Config
+from splitft.config import Config, LoraConfig
 from splitft.errors import SplitFTError
 from splitft.federated.aggregation import merge
+from splitft.federated.calls import client_role, counted_call
 from splitft.federated.clock import RoundTiming, VirtualClock
-from splitft.federated.codec import ByteLedger, Entry, bytes_by_kind, encode_message
+from splitft.federated.codec import ByteLedger, Entry, encode_message
 from splitft.federated.fed_server import FedServer
 from splitft.federated.lowrank import canonicalize
 from splitft.federated.main_server import MainServer
@@ -38,11 +39,18 @@ from splitft.federated.messages import adapter_entries, control
 from splitft.federated.policy import AllocationContext, AllocationPolicy, Decision, accuracy_weights
 from splitft.federated.timing import RoundTimer
 from splitft.model.lora import AdapterLayout, Adapters, copy_ranks, lora_pairs
-from splitft.runtime.base import CallFailure, Runtime
+from splitft.runtime.base import Runtime
+
+__all__ = ["RoundLoop", "RoundResult", "client_role", "sample_clients"]
 
 
-def client_role(client_id: int) -> str:
-    return f"client-{client_id}"
+def sample_clients(cfg: Config, alive: Sequence[int], round_number: int) -> list[int]:
+    """The clients taking part in a round: a sample of ``alive`` seeded by the round."""
+    k = cfg.federation.clients_per_round or len(alive)
+    if k >= len(alive):
+        return list(alive)
+    rng = np.random.default_rng([cfg.seed, round_number])
+    return sorted(int(i) for i in rng.choice(alive, size=k, replace=False))
 
 
 @dataclass
@@ -62,11 +70,20 @@ class RoundResult:
     canonicalized: list[int] = field(default_factory=list)
     truncation_error: float = 0.0
     dropped: list[dict] = field(default_factory=list)
+    samples: int = 0
+    """Training samples (sequences) the round's steps took, all clients together."""
 
 
-def cut_blocks(cuts: Sequence[int]) -> set[int]:
-    """Blocks trained at rank ``r_cut`` by someone: each client's last and the server's first."""
-    return {b for k in cuts for b in (k - 1, k)}
+def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
+    """Blocks trained below ``r_others`` by someone: each client's last and the server's first
+    (only those on the sides ``lora.cut_rank_sides`` names)."""
+    reduced = set()
+    for k in cuts:
+        if lora.client_cut_rank < lora.r_others:
+            reduced.add(k - 1)
+        if lora.server_cut_rank < lora.r_others:
+            reduced.add(k)
+    return reduced
 
 
 def canonicalize_blocks(adapters: Adapters, layout: AdapterLayout, blocks: Sequence[int]) -> list[str]:
@@ -93,13 +110,14 @@ class RoundLoop:
         self.layout = layout
         self.runtime = runtime
         self.main_server = main_server
-        self.fed_server = FedServer(layout, cfg.lora.r_cut)
+        self.fed_server = FedServer(layout, cfg.lora.client_cut_rank)
         self.policy = policy
         self.ledger = ledger
         self.timer = timer
         self.clock = VirtualClock()
         self.num_clients = cfg.federation.num_clients
         self.dropped: set[int] = set()
+        self.late_drops: list[dict] = []  # failed outside a round; reported with the next one
         self.previous_cuts = list(start_cuts)
         self.accuracy: dict[int, float] = {}
         self.cut_blocks: set[int] = set()
@@ -110,17 +128,17 @@ class RoundLoop:
         ] = {}  # client -> tensors whose basis changed since its last round
 
     @property
+    def global_adapters(self) -> Adapters:
+        return self.main_server.global_adapters
+
+    @property
     def uses_accuracy(self) -> bool:
         return self.policy.name in ("accuracy", "splitft")
 
     def sample_clients(self, round_number: int) -> list[int]:
         """The clients taking part in a round: a seeded sample of those not dropped."""
         alive = [i for i in range(self.num_clients) if i not in self.dropped]
-        k = self.cfg.federation.clients_per_round or len(alive)
-        if k >= len(alive):
-            return alive
-        rng = np.random.default_rng([self.cfg.seed, round_number])
-        return sorted(int(i) for i in rng.choice(alive, size=k, replace=False))
+        return sample_clients(self.cfg, alive, round_number)
 
     def run_round(self, round_number: int) -> RoundResult:
         ctx = AllocationContext(
@@ -129,10 +147,10 @@ class RoundLoop:
         decisions = self.policy.allocate(ctx)
         cuts = [d.cut for d in decisions]
         clients = self.sample_clients(round_number)
-        dropped: list[dict] = []
+        dropped, self.late_drops = self.late_drops, []
 
         # Blocks that just became cut blocks get a canonical basis (B @ A unchanged).
-        new_cut_blocks = cut_blocks(cuts)
+        new_cut_blocks = cut_blocks(cuts, self.cfg.lora)
         fresh = sorted(new_cut_blocks - self.cut_blocks)
         self.cut_blocks = new_cut_blocks
         if fresh:
@@ -210,6 +228,7 @@ class RoundLoop:
             canonicalized=fresh,
             truncation_error=truncation,
             dropped=dropped,
+            samples=sum(b for i in participants for b, _ in step_shapes[i]),
         )
 
     def _begin(
@@ -223,7 +242,7 @@ class RoundLoop:
         dropped: list[dict],
     ) -> bool:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
-        ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.r_cut)
+        ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.client_cut_rank)
         held = self.synced.get(i) == (self.version, cut)
         entries = [] if held else adapter_entries({n: adapters[n] for n in ranks}, ranks)
         meta = {
@@ -253,15 +272,17 @@ class RoundLoop:
             if stats.tokens:
                 self.accuracy[i] = stats.correct / stats.tokens
 
+    def drop_late(self, round_number: int, i: int, method: str, error: str) -> None:
+        """Drop client ``i`` after a failed call outside a round (a checkpoint's state export
+        or a resume's restore): it is skipped from the next round on, and the drop is reported
+        in that round's ``dropped`` with the round it happened after."""
+        self.dropped.add(i)
+        self.late_drops.append({"client": i, "round": round_number, "method": method, "error": error})
+
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
     ) -> bytes | None:
         """Call client ``i``, count every byte both ways; a failed call drops the client."""
-        result = self.runtime.call(client_role(i), method, payload)
-        self.ledger.record(round_number, i, "down", bytes_by_kind(payload))
-        if isinstance(result, CallFailure):
-            self.dropped.add(i)
-            dropped.append({"client": i, "method": method, "error": result.error})
-            return None
-        self.ledger.record(round_number, i, "up", bytes_by_kind(result))
-        return result
+        return counted_call(
+            self.runtime, self.ledger, self.dropped, dropped, round_number, i, method, payload
+        )

@@ -56,7 +56,7 @@ class MainServer:
     ) -> None:
         """Load the global adapters of blocks ``[cut, M)`` into client ``client_id``'s copy."""
         blocks = range(cut, self.model.num_blocks)
-        ranks = copy_ranks(self.layout, blocks, cut, self.cfg.lora.r_cut)
+        ranks = copy_ranks(self.layout, blocks, cut, self.cfg.lora.server_cut_rank)
         copy = self.copies.get(client_id)
         if copy is None or copy.cut != cut:
             params, optimizer = retarget(

@@ -91,3 +91,33 @@ def retarget(
         return new, AdapterOptimizer(new, cfg, total_steps)
     optimizer.replace(new)
     return new, optimizer
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq", "step")
+"""AdamW's per-tensor state, as saved in checkpoints and exported by clients."""
+
+
+def optimizer_tensors(prefix: str, optimizer: AdapterOptimizer) -> dict[str, torch.Tensor]:
+    """``{prefix}/param/{name}`` and ``{prefix}/{moment}/{name}`` of every tensor: all a
+    checkpoint needs to rebuild the optimizer exactly."""
+    out = {}
+    for name, tensor in optimizer.params.items():
+        out[f"{prefix}/param/{name}"] = tensor.detach()
+        for key, value in optimizer.optimizer.state.get(tensor, {}).items():
+            out[f"{prefix}/{key}/{name}"] = torch.as_tensor(value)
+    return out
+
+
+def restore_optimizer(prefix: str, optimizer: AdapterOptimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Copy the values and moments written by :func:`optimizer_tensors` back in place."""
+    with torch.no_grad():
+        for name, tensor in optimizer.params.items():
+            tensor.copy_(tensors[f"{prefix}/param/{name}"])
+            state = {
+                k: tensors[f"{prefix}/{k}/{name}"].clone()
+                for k in MOMENTS
+                if f"{prefix}/{k}/{name}" in tensors
+            }
+            optimizer.optimizer.state.pop(tensor, None)
+            if state:
+                optimizer.optimizer.state[tensor] = state

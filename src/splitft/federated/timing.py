@@ -12,9 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from splitft.config import Config
-from splitft.federated.clock import ClientWork, RoundTiming, predict_round, simulate_round
+from splitft.federated.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
 from splitft.federated.codec import ByteLedger
-from splitft.federated.costs import ModelShape, StepCosts, check_fits, eval_flops
+from splitft.federated.costs import (
+    ModelShape,
+    StepCosts,
+    check_fits,
+    eval_flops,
+    unsplit_step_flops,
+    whole_model_memory_bytes,
+)
 from splitft.federated.devices import DeviceProfile, parse_profiles, server_profile
 
 
@@ -34,8 +41,21 @@ class RoundTimer:
         self.devices: list[DeviceProfile] = parse_profiles(cfg.devices.clients or cfg.devices.preset, n)
         self.server = server_profile(server_speed(cfg.devices.server))
         lora = cfg.lora
+        self.whole_model_bytes = whole_model_memory_bytes(
+            self.shape, cfg.train.batch_size, cfg.data.max_length, lora.r_others
+        )
+        self.whole_model_fits = [d.memory_bytes >= self.whole_model_bytes for d in self.devices]
+        """Whether each client's device can train the whole model (fedlora)."""
+        if cfg.method in ("fedlora", "centralized"):  # nobody splits: every cut is moot
+            self.max_cut = [num_blocks - 1] * n
+            return
         fits = check_fits(
-            self.shape, self.devices, cfg.train.batch_size, cfg.data.max_length, lora.r_others, lora.r_cut
+            self.shape,
+            self.devices,
+            cfg.train.batch_size,
+            cfg.data.max_length,
+            lora.r_others,
+            lora.client_cut_rank,
         )
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
@@ -59,7 +79,8 @@ class RoundTimer:
             steps=cfg.federation.local_steps,
             wire_dtype=cfg.codec.activation_dtype,
             r_others=cfg.lora.r_others,
-            r_cut=cfg.lora.r_cut,
+            r_cut=cfg.lora.client_cut_rank,
+            server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
             eval_flops=self.heldout_flops(),
         )
@@ -78,7 +99,15 @@ class RoundTimer:
             flows = ledger.client_round(round_number, i)
             steps = max(len(shapes), 1)
             costs = [
-                StepCosts.for_cut(self.shape, cuts[i], b, t, cfg.lora.r_others, cfg.lora.r_cut)
+                StepCosts.for_cut(
+                    self.shape,
+                    cuts[i],
+                    b,
+                    t,
+                    cfg.lora.r_others,
+                    cfg.lora.client_cut_rank,
+                    server_r_cut=cfg.lora.server_cut_rank,
+                )
                 for b, t in shapes
             ]
             mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
@@ -95,3 +124,34 @@ class RoundTimer:
                 eval_flops=self.heldout_flops(),
             )
         return simulate_round(self.server, works, cfg.devices.order)
+
+    def _whole_model_flops(self, shapes: Sequence[Sequence[int]]) -> float:
+        ranks = [self.cfg.lora.r_others] * self.shape.num_blocks
+        return float(sum(unsplit_step_flops(self.shape, b, t, ranks) for b, t in shapes))
+
+    def whole_model(
+        self, round_number: int, step_shapes: Mapping[int, Sequence[Sequence[int]]], ledger: ByteLedger
+    ) -> RoundTiming:
+        """A fedlora round: each client downloads the adapters, trains the whole model on its
+        own device, uploads; nothing waits for the server."""
+        works = {}
+        for i, shapes in step_shapes.items():
+            flows = ledger.client_round(round_number, i)
+            works[i] = ClientWork(
+                self.devices[i],
+                0.0,
+                0.0,
+                0.0,
+                steps=0,
+                adapter_down_bytes=flows["down"]["total"],
+                adapter_up_bytes=flows["up"]["total"],
+                local_flops=self._whole_model_flops(shapes),
+            )
+        return simulate_round(self.server, works, self.cfg.devices.order)
+
+    def centralized(self, shapes: Sequence[Sequence[int]]) -> RoundTiming:
+        """A centralized round: every step on the main server's device, no transfer."""
+        seconds = self._whole_model_flops(shapes) / self.server.flops
+        return RoundTiming(
+            seconds, {0: seconds}, seconds, 1.0 if seconds else 0.0, {0: ClientTime(compute_s=seconds)}
+        )

@@ -33,6 +33,7 @@ NOT_REACHED = "not reached"
 # (row key, column header, cell format); the target column's header names the target
 COLUMNS = (
     ("label", "run", "{}"),
+    ("method", "method", "{}"),
     ("policy", "policy", "{}"),
     ("final_test_ppl", "final test ppl", "{:.3f}"),
     ("best_test_ppl", "best test ppl", "{:.3f}"),
@@ -44,7 +45,8 @@ COLUMNS = (
     ("wall_s", "wall time (s)", "{:.1f}"),
     ("mb_up", "MB up", "{:.2f}"),
     ("mb_down", "MB down", "{:.2f}"),
-    ("mb_act_grad", "MB activations+gradients", "{:.2f}"),
+    ("mb_activations", "MB activations", "{:.2f}"),
+    ("mb_gradients", "MB gradients", "{:.2f}"),
     ("mb_adapters", "MB adapters", "{:.2f}"),
     ("params_client", "trainable params client", "{}"),
     ("params_server", "trainable params server", "{}"),
@@ -111,7 +113,8 @@ def _row(run: _Run, label: str) -> dict[str, Any]:
         "label": label,
         "run_dir": str(run.path),
         "complete": run.summary is not None,
-        "policy": run.config.policy.name,
+        "method": run.config.method,
+        "policy": run.config.policy.name if run.config.method in ("splitft", "sfl-fixed") else "-",
         "final_test_ppl": run.fact("final_test_ppl", ev[-1]["test_ppl"] if ev else None),
         "best_test_ppl": run.fact("best_test_ppl", min((e["test_ppl"] for e in ev), default=None)),
         "best_test_acc": run.fact("best_test_acc", max((e["test_acc"] for e in ev), default=None)),
@@ -120,7 +123,8 @@ def _row(run: _Run, label: str) -> dict[str, Any]:
         "wall_s": run.fact("wall_s", m[-1]["wall_s"]),
         "mb_up": run.fact("bytes_up", sum(r["bytes_up"] for r in m)) / 1e6,
         "mb_down": run.fact("bytes_down", sum(r["bytes_down"] for r in m)) / 1e6,
-        "mb_act_grad": (by_kind.get("activations", 0) + by_kind.get("gradients", 0)) / 1e6,
+        "mb_activations": by_kind.get("activations", 0) / 1e6,
+        "mb_gradients": by_kind.get("gradients", 0) / 1e6,
         "mb_adapters": by_kind.get("adapters", 0) / 1e6,
         "params_client": run.fact("trainable_params_client", None),
         "params_server": run.fact("trainable_params_server", None),
@@ -210,6 +214,18 @@ def _write(runs: list[_Run], rows: list[dict[str, Any]], out: Path) -> None:
         raise ConfigError(f"cannot write the comparison to {out}: {e.strerror or e}") from e
 
 
+def _samples_seen(run: _Run) -> list[int]:
+    """Training samples taken up to each round (runs before the ``samples`` field: estimated
+    from the config as full batches)."""
+    fed = run.config.federation
+    per_round = (fed.clients_per_round or fed.num_clients) * fed.local_steps * run.config.train.batch_size
+    total, out = 0, []
+    for m in run.metrics:
+        total += m.get("samples", per_round)
+        out.append(total)
+    return out
+
+
 def _plot(runs: list[_Run], rows: list[dict[str, Any]], out: Path) -> None:
     """The overlay plots: test ppl vs virtual time and vs samples seen, mean cut per round."""
     target = rows[0]["target_ppl"]
@@ -217,11 +233,11 @@ def _plot(runs: list[_Run], rows: list[dict[str, Any]], out: Path) -> None:
     fig_s, ax_s = plt.subplots(figsize=(6, 4))
     fig_c, ax_c = plt.subplots(figsize=(6, 4))
     for run, row in zip(runs, rows, strict=True):
-        fed, ev = run.config.federation, run.evaluated
-        per_round = (fed.clients_per_round or fed.num_clients) * fed.local_steps * run.config.train.batch_size
+        ev = run.evaluated
+        seen = dict(zip((m["round"] for m in run.metrics), _samples_seen(run), strict=True))
         ppl = [m["test_ppl"] for m in ev]
         ax_t.plot([m["virtual_s"] for m in ev], ppl, marker="o", label=row["label"])
-        ax_s.plot([m["round"] * per_round for m in ev], ppl, marker="o", label=row["label"])
+        ax_s.plot([seen[m["round"]] for m in ev], ppl, marker="o", label=row["label"])
         rounds = [m["round"] for m in run.metrics]
         cuts = [statistics.fmean(m["cuts"]) for m in run.metrics]
         ax_c.step(rounds, cuts, where="mid", label=row["label"])

@@ -50,7 +50,8 @@ def plot_run(metrics: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pat
             ax.plot(rounds, series, label=kind)
     ax.set(xlabel="round", ylabel="cumulative MB (up + down)", title="Traffic by kind")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # centralized runs send nothing
+        ax.legend()
     paths.append(_save(fig, out_dir / "traffic.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -1,0 +1,37 @@
+"""One counted call from the server side to a client, shared by every round loop.
+
+Every payload is codec bytes and is recorded in the byte ledger in both directions; a call
+that fails (a :class:`CallFailure`, never an exception) drops the client for the rest of the
+job and is recorded with its round and method.
+"""
+
+from __future__ import annotations
+
+from splitft.federated.codec import ByteLedger, bytes_by_kind
+from splitft.runtime.base import CallFailure, Runtime
+
+
+def client_role(client_id: int) -> str:
+    return f"client-{client_id}"
+
+
+def counted_call(
+    runtime: Runtime,
+    ledger: ByteLedger,
+    dropped: set[int],
+    drops: list[dict],
+    round_number: int,
+    client_id: int,
+    method: str,
+    payload: bytes,
+) -> bytes | None:
+    """Call ``method`` of client ``client_id``; its reply, or None when the call failed (the
+    client is then added to ``dropped`` and the failure appended to ``drops``)."""
+    result = runtime.call(client_role(client_id), method, payload)
+    ledger.record(round_number, client_id, "down", bytes_by_kind(payload))
+    if isinstance(result, CallFailure):
+        dropped.add(client_id)
+        drops.append({"client": client_id, "round": round_number, "method": method, "error": result.error})
+        return None
+    ledger.record(round_number, client_id, "up", bytes_by_kind(result))
+    return result
