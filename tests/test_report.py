@@ -108,6 +108,7 @@ def test_rows_time_to_target_speedup_and_traffic(runs: list[Path]) -> None:
     assert base["speedup"] == 1.0 and adaptive["speedup"] == pytest.approx(1.5)
     assert (base["final_test_ppl"], base["best_test_ppl"], adaptive["best_test_acc"]) == (15.0, 15.0, 0.14)
     assert (base["rounds"], base["virtual_s"], adaptive["virtual_s"], base["wall_s"]) == (4, 40.0, 20.0, 8.5)
+    assert (base["round_s"], adaptive["round_s"]) == (10.0, 5.0)
     assert base["mb_up"] == pytest.approx(5.84) and base["mb_down"] == pytest.approx(4.2)
     assert base["mb_activations"] + base["mb_gradients"] == pytest.approx(8.0)
     assert base["mb_adapters"] == pytest.approx(2.0)
