@@ -114,6 +114,7 @@ def test_fedlora_reports_clients_that_cannot_hold_the_model(corpus, tmp_path):
     assert main(args(corpus, tmp_path / "run", *extra)) == 0
     summary, metrics = read(tmp_path / "run")
     assert summary["infeasible_clients"] == [0]
+    assert summary["trainable_params_by_client"]["client"] == [0, all_adapter_params()]
     assert all(m["clients"] == [1] for m in metrics)
     assert metrics[0]["policy"][0].startswith("infeasible")
     assert summary["bytes_by_kind"]["adapters"] > 0

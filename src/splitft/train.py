@@ -193,8 +193,8 @@ def trainable_params(exp: Experiment, cuts: list[int]) -> tuple[list[int], list[
     (fedlora: all of them on the client; centralized: all of them on the server, once)."""
     lora, layout, m = exp.cfg.lora, exp.layout, exp.model.num_blocks
     everything = sum(layout.num_params(name, layout.rank) for name in layout.shapes)
-    if exp.cfg.method == "fedlora":
-        return [everything] * len(cuts), [0] * len(cuts)
+    if exp.cfg.method == "fedlora":  # a client that cannot hold the model trains nothing
+        return [everything if fits else 0 for fits in exp.timer.whole_model_fits], [0] * len(cuts)
     if exp.cfg.method == "centralized":
         return [0] * len(cuts), [everything]
     client, server = [], []
