@@ -185,3 +185,22 @@ def test_cli_errors_are_one_line(
     assert out == "" and err.count("\n") == 1 and err.startswith("error: ") and message in err
     if case in ("missing", "incomplete", "no-metrics"):
         assert Path(args[-1]).name in err
+
+
+def test_write_folder_survives_a_crash_between_its_two_renames(tmp_path: Path) -> None:
+    from splitft.report.rundir import RunDirectory
+
+    run = RunDirectory(tmp_path)
+    run.write_folder("checkpoint", lambda p: (p / "state.json").write_text("1"))
+    # a crash after the old folder was moved aside, before the new one took its place
+    (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint.old")
+    assert (run.folder("checkpoint") / "state.json").read_text() == "1"
+    run.write_folder("checkpoint", lambda p: (p / "state.json").write_text("2"))
+    assert (run.folder("checkpoint") / "state.json").read_text() == "2"
+    assert not (tmp_path / ".checkpoint.old").exists()
+    # a crash after the swap, before the clean-up: the next write still succeeds
+    (tmp_path / ".checkpoint.old").mkdir()
+    (tmp_path / ".checkpoint.old" / "state.json").write_text("stale")
+    run.write_folder("checkpoint", lambda p: (p / "state.json").write_text("3"))
+    assert (run.folder("checkpoint") / "state.json").read_text() == "3"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]

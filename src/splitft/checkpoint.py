@@ -90,7 +90,7 @@ def _write(run: RunDirectory, tensors: Mapping[str, torch.Tensor], state: dict[s
 
 def load(run: RunDirectory, loop: RoundLoop) -> dict[str, Any]:
     """Restore ``loop`` (built by ``setup`` from the run's config) to the saved round."""
-    folder = run.path / FOLDER
+    folder = run.folder(FOLDER)
     if not (folder / "state.json").exists():
         raise ConfigError(f"--resume {run.path}: no checkpoint/ found (was the run started by this version?)")
     try:

@@ -27,6 +27,7 @@ from typing import Any
 from splitft.config import Config, load_toml
 from splitft.errors import ConfigError
 from splitft.report.compare import compare_runs
+from splitft.report.rundir import RunDirectory
 
 
 def parse_vary(spec: str) -> tuple[str, list[str]]:
@@ -149,7 +150,7 @@ def compare(
         print(f"[{number}/{len(configs)}] {label}")
         if (run_dir / "summary.json").exists():
             print(f"{run_dir}: complete, kept")
-        elif (run_dir / "checkpoint").exists():
+        elif RunDirectory(run_dir).folder("checkpoint").exists():
             resume(run_dir, progress=True)
         elif reuse is not None and (same := find_run(cfg, Path(reuse))) is not None:
             shutil.copytree(same, run_dir, dirs_exist_ok=True)

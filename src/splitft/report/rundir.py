@@ -68,17 +68,26 @@ class RunDirectory:
         write_atomic(self.path / name, json.dumps(data, indent=2) + "\n")
 
     def write_folder(self, name: str, fill: Callable[[Path], None]) -> None:
-        """Create folder ``name`` with ``fill(tmp_folder)``, replacing any old one at once."""
+        """Create folder ``name`` with ``fill(tmp_folder)``, replacing any old one.
+
+        The swap is two renames (a folder cannot replace a non-empty one in one step); a
+        crash between them leaves only ``.<name>.old``, which :meth:`folder` then returns.
+        """
         tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{name}."))
         fill(tmp)
-        target = self.path / name
+        target, old = self.path / name, self.path / f".{name}.old"
         if target.exists():
-            old = target.with_name(f".{name}.old")
+            if old.exists():  # left by a crash after the swap, before the clean-up
+                shutil.rmtree(old)
             os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def folder(self, name: str) -> Path:
+        """Folder ``name``, or its previous version when a crash hit between the two renames
+        of :meth:`write_folder`."""
+        target, old = self.path / name, self.path / f".{name}.old"
+        return old if not target.exists() and old.exists() else target
 
     def mark_failed(self, reason: str) -> None:
         write_atomic(self.path / "FAILED", reason.rstrip() + "\n")

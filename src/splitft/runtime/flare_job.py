@@ -41,7 +41,10 @@ def _nvflare() -> tuple[Any, Any, Any]:
 def check(cfg: Config) -> None:
     """What a FLARE run needs beyond :meth:`Config.validate`."""
     if cfg.method not in ("splitft", "sfl-fixed"):
-        raise ConfigError(f"runtime = '{cfg.runtime}' runs split methods only; method = '{cfg.method}'")
+        raise ConfigError(
+            f"runtime = '{cfg.runtime}' runs the split methods only (splitft, sfl-fixed); "
+            f"method = '{cfg.method}' runs with runtime = 'inprocess'"
+        )
     sites = cfg.flare.site_configs
     if cfg.runtime in ("flare-sim", "flare-poc") and sites and len(sites) != cfg.federation.num_clients:
         raise ConfigError(
