@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU-scale preset of docs/results.md, one after the other (about 3 hours on 2 cores).
+# Every CPU-scale preset of docs/results.md, one after the other (22 distinct runs, about 3.5 hours on 2 cores).
 # Resumable: run it again after a stop and finished runs are kept, a stopped run resumes
 # from its last checkpoint, and runs two presets share (same config) are trained once.
 #
