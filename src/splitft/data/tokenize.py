@@ -363,3 +363,27 @@ class WhitespaceTokenizer:
         if isinstance(text, str):
             return {"input_ids": self._one(text, truncation, max_length)}
         return {"input_ids": [self._one(t, truncation, max_length) for t in text]}
+
+
+class BatchStream:
+    """One client's endless stream of collated mini-batches (:func:`batches` over ``data``)
+    that counts how many it has given, so a resumed run can skip to the same place."""
+
+    def __init__(
+        self, data: TokenizedDataset, batch_size: int, seed: int, client_id: int, pad_id: int
+    ) -> None:
+        self.data = data
+        self.pad_id = pad_id
+        self._indices = batches(len(data), batch_size, seed=seed, client_id=client_id)
+        self.taken = 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """The next mini-batch, collated (``input_ids``, ``attention_mask``, ``labels``)."""
+        self.taken += 1
+        return collate([self.data[i] for i in next(self._indices)], self.pad_id)
+
+    def skip_to(self, count: int) -> None:
+        """Advance past the first ``count`` batches (no-op for those already taken)."""
+        for _ in range(count - self.taken):
+            next(self._indices)
+        self.taken = max(self.taken, count)

@@ -7,12 +7,10 @@ method takes and returns codec bytes, so the same object serves any runtime.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 from splitft.config import Config
-from splitft.data.tokenize import TokenizedDataset, batches, collate
+from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
 from splitft.federated.codec import Entry, encode_message
 from splitft.federated.messages import adapter_entries, control, read, read_adapters
 from splitft.federated.optim import AdapterOptimizer, optimizer_tensors, restore_optimizer, retarget
@@ -39,14 +37,11 @@ class Client:
         self.cfg = cfg
         self.pad_id = pad_id
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
-        self._batches: Iterator[list[int]] = batches(
-            len(data), cfg.train.batch_size, seed=cfg.seed, client_id=client_id
-        )
+        self.stream = BatchStream(data, cfg.train.batch_size, cfg.seed, client_id, pad_id)
         self.cut = 0
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: AdapterOptimizer | None = None
         self._pending: torch.Tensor | None = None
-        self.batches_taken = 0
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -54,9 +49,11 @@ class Client:
 
     def skip_batches(self, count: int) -> None:
         """Advance the data stream past ``count`` batches (resuming a run)."""
-        for _ in range(count - self.batches_taken):
-            next(self._batches)
-        self.batches_taken = max(self.batches_taken, count)
+        self.stream.skip_to(count)
+
+    @property
+    def batches_taken(self) -> int:
+        return self.stream.taken
 
     def begin_round(self, payload: bytes) -> bytes:
         """Take the round's cut and the global adapters of blocks ``[0, cut)``.
@@ -104,9 +101,7 @@ class Client:
 
     def forward_step(self, payload: bytes) -> bytes:
         """Run the next batch up to the cut; send the smashed data, labels and mask."""
-        items = [self.data[i] for i in next(self._batches)]
-        self.batches_taken += 1
-        batch = collate(items, self.pad_id)
+        batch = self.stream.next()
         device = self.model.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         self._pending = self.model.client_forward(self.cut, ids, mask, self.params)

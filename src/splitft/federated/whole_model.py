@@ -19,12 +19,12 @@ keyed by client 0), which a test checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from splitft.config import Config
-from splitft.data.tokenize import TokenizedDataset, batches, collate
+from splitft.data.tokenize import BatchStream, TokenizedDataset
 from splitft.errors import SplitFTError
 from splitft.federated.aggregation import Contribution, merge
 from splitft.federated.calls import counted_call
@@ -49,6 +49,11 @@ def pool(parts: Sequence[TokenizedDataset]) -> TokenizedDataset:
     )
 
 
+def full_ranks(layout: AdapterLayout) -> dict[str, int]:
+    """Every adapter tensor at ``r_others``: nothing is a cut block without a cut."""
+    return {name: layout.rank for name in layout.shapes}
+
+
 class WholeModelTrainer:
     """LoRA fine-tuning of the unsplit model on one data set: a FedLoRA client, or the
     centralised trainer. Its methods take and return codec bytes, like the split client's."""
@@ -69,20 +74,19 @@ class WholeModelTrainer:
         self.data = data
         self.cfg = cfg
         self.pad_id = pad_id
-        self.ranks = {name: layout.rank for name in layout.shapes}
+        self.ranks = full_ranks(layout)
         self.params, self.optimizer = retarget(
             {}, None, list(layout.shapes), layout.shapes, model.device, cfg.train, total_steps
         )
-        self._batches: Iterator[list[int]] = batches(
-            len(data), cfg.train.batch_size, seed=cfg.seed, client_id=client_id
-        )
-        self.batches_taken = 0
+        self.stream = BatchStream(data, cfg.train.batch_size, cfg.seed, client_id, pad_id)
 
     def skip_batches(self, count: int) -> None:
         """Advance the data stream past ``count`` batches (resuming a run)."""
-        for _ in range(count - self.batches_taken):
-            next(self._batches)
-        self.batches_taken = max(self.batches_taken, count)
+        self.stream.skip_to(count)
+
+    @property
+    def batches_taken(self) -> int:
+        return self.stream.taken
 
     def begin_round(self, payload: bytes) -> bytes:
         """Take the global adapters (every block)."""
@@ -97,8 +101,7 @@ class WholeModelTrainer:
         loss_sum, tokens, shapes = 0.0, 0, []
         device = self.model.device
         for step in range(int(meta["steps"])):
-            batch = collate([self.data[i] for i in next(self._batches)], self.pad_id)
-            self.batches_taken += 1
+            batch = self.stream.next()
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = self.model.full_forward(ids, mask, self.params)
             nll, count, _ = token_stats(logits, batch["labels"].to(device))
@@ -205,7 +208,7 @@ class WholeModelLoop:
         """Global adapters down, local steps, adapters up, FedAvg over the clients that finished."""
         steps = self.cfg.federation.local_steps
         alive = [i for i in range(self.num_clients) if self.feasible[i] and i not in self.dropped]
-        adapters = encode_message(adapter_entries(self.global_adapters, self._ranks())).data
+        adapters = encode_message(adapter_entries(self.global_adapters, full_ranks(self.layout))).data
         request = control(steps=steps, first_step=(round_number - 1) * steps)
         loss_sum, tokens, shapes, contributions = 0.0, 0, {}, []
         for i in sample_clients(self.cfg, alive, round_number):
@@ -222,7 +225,9 @@ class WholeModelLoop:
                 stats["shapes"],
             )
             weight = float(message["control"]["samples"])
-            contributions.append(Contribution(weight, read_adapters(message, self.layout), self._ranks()))
+            contributions.append(
+                Contribution(weight, read_adapters(message, self.layout), full_ranks(self.layout))
+            )
         if not contributions:
             failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "none feasible"
             raise SplitFTError(f"round {round_number}: no client finished ({failures})")
@@ -230,9 +235,6 @@ class WholeModelLoop:
             self.global_adapters, contributions, [], self.cfg.aggregation, self.cfg.lora.r_others
         )
         return loss_sum, tokens, shapes, self.timer.whole_model(round_number, shapes, self.ledger)
-
-    def _ranks(self) -> dict[str, int]:
-        return {name: self.layout.rank for name in self.layout.shapes}
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
