@@ -10,11 +10,12 @@ import csv
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from splitft.cli import main
 from splitft.config import Config
-from splitft.report.compare import compare_runs
+from splitft.report.compare import compare_runs, summary_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # bytes of every kind in every round: 2.0 MB activations+gradients, 0.5 MB adapters
@@ -153,8 +154,29 @@ def test_cli_writes_table_and_plots(
     assert "| base | splitft | fixed | 15.000 |" in printed
     assert (out / "comparison.md").read_text() in printed
     assert len((out / "comparison.csv").read_text().splitlines()) == 3
-    for name in ("ppl_vs_virtual_time.png", "ppl_vs_samples.png", "cuts_over_rounds.png"):
+    for name in ("ppl_vs_virtual_time.png", "ppl_vs_samples.png", "cuts_over_rounds.png", "summary_bars.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC) and (out / name).stat().st_size > 1000
+
+
+def test_summary_bars_show_each_runs_numbers(runs: list[Path], tmp_path: Path) -> None:
+    partial = _make_run(tmp_path, "partial", [None, None, None], 8.0, [[2, 2, 2]] * 3, complete=False)
+    rows = compare_runs([*runs, partial], None, None, None, allow_incomplete=True)
+    fig = summary_bars(rows)
+    try:
+        ppl_ax, time_ax, mb_ax = fig.axes
+        assert [p.get_width() for p in ppl_ax.patches] == [
+            rows[0]["final_test_ppl"],
+            rows[1]["final_test_ppl"],
+            0.0,
+        ]
+        assert [p.get_width() for p in time_ax.patches] == [r["virtual_s"] for r in rows]
+        assert [p.get_width() for p in mb_ax.patches] == pytest.approx(
+            [r["mb_up"] + r["mb_down"] for r in rows]
+        )
+        assert [t.get_text() for t in ppl_ax.get_yticklabels()] == ["base", "adaptive", "partial"]
+        assert len(ppl_ax.texts) == 2  # the run that was never evaluated has no number
+    finally:
+        plt.close(fig)
 
 
 @pytest.mark.parametrize(

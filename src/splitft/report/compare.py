@@ -4,8 +4,10 @@
 per run: final and best test perplexity, virtual and wall time, the virtual time at which the
 run first reached a target perplexity and its speed-up over the first run there, traffic
 (MB up/down, by kind), trainable parameters and the mean cut. With an output folder it also
-writes the table and ``ppl_vs_virtual_time.png``, ``ppl_vs_samples.png`` and
-``cuts_over_rounds.png``. ``splitft report`` prints the table.
+writes the table, ``ppl_vs_virtual_time.png``, ``ppl_vs_samples.png``,
+``cuts_over_rounds.png`` and ``summary_bars.png`` (final perplexity, virtual time and MB per
+run side by side: the plot to read when there are too many runs for overlaid curves).
+``splitft report`` prints the table.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from splitft.report.rundir import RunDirectory
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["compare_runs", "format_table"]
+__all__ = ["compare_runs", "format_table", "summary_bars"]
 
 NOT_REACHED = "not reached"
 # (row key, column header, cell format); the target column's header names the target
@@ -154,7 +156,7 @@ def compare_runs(
     ``target_ppl`` None: the largest final test ppl among the runs, which every run reaches.
     ``speedup`` is the first run's time to the target over this run's (None where either run
     never reached it). With ``out_dir``, write ``comparison.md``, ``comparison.csv`` and the
-    three overlay plots there. Raises ConfigError/DataError naming a bad run folder.
+    four plots there. Raises ConfigError/DataError naming a bad run folder.
     """
     if not run_dirs:
         raise ConfigError("no run directories to compare")
@@ -258,3 +260,36 @@ def _plot(runs: list[_Run], rows: list[dict[str, Any]], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
+    fig = summary_bars(rows)
+    fig.savefig(out / "summary_bars.png", dpi=100)
+    plt.close(fig)
+
+
+# (row key, panel title) of the bar chart; MB is up + down
+BAR_PANELS = (
+    ("final_test_ppl", "final test perplexity"),
+    ("virtual_s", "virtual time (s)"),
+    ("mb_total", "MB up + down"),
+)
+
+
+def summary_bars(rows: list[dict[str, Any]]) -> plt.Figure:
+    """One horizontal bar per run in each panel of :data:`BAR_PANELS` (a run without a value,
+    e.g. an incomplete run's final perplexity, gets no bar); the caller saves and closes it."""
+    labels = [row["label"] for row in rows]
+    fig, axes = plt.subplots(1, len(BAR_PANELS), figsize=(11, 1.2 + 0.35 * len(rows)), sharey=True)
+    for ax, (key, title) in zip(axes, BAR_PANELS, strict=True):
+        values = [row["mb_up"] + row["mb_down"] if key == "mb_total" else row[key] for row in rows]
+        ax.barh(range(len(rows)), [v if v is not None else 0.0 for v in values], color="tab:blue")
+        for y, v in enumerate(values):
+            if v is not None:
+                ax.annotate(
+                    f"{v:.3g}", (v, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=7
+                )
+        ax.set_title(title, fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.2)
+    axes[0].set_yticks(range(len(rows)), labels, fontsize="small")
+    axes[0].invert_yaxis()  # first run on top, as in the table
+    fig.tight_layout()
+    return fig
