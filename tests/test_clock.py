@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from splitft.errors import ConfigError
 from splitft.federated.clock import ClientWork, VirtualClock, predict_makespan, predict_round, simulate_round
+from splitft.federated.costs import block_forward_flops, eval_flops, heldout_flops
 from splitft.federated.devices import DeviceProfile, device_preset, server_profile
 from test_devices import smollm2
 
@@ -93,8 +94,28 @@ def test_evaluation_is_charged_where_it_runs() -> None:
     assert on_client.makespan_s - plain == pytest.approx(4e9 / CLIENT.flops)
     assert on_server.makespan_s - plain == pytest.approx(4e9 / SERVER.flops)
     assert on_server.server_busy_s == pytest.approx(0.5 + 0.4)
+    # split like training: the client's blocks of the check on its device, the rest on the server
+    split = simulate_round(SERVER, [work(eval_flops=4e9, eval_client_flops=1e9)])
+    assert split.makespan_s - plain == pytest.approx(1e9 / CLIENT.flops + 4e9 / SERVER.flops)
+    assert split.breakdown[0].compute_s == pytest.approx(2.0 + 3.0 + 1.0)
+    assert split.server_busy_s == pytest.approx(0.5 + 0.4)
+    both_on_client = simulate_round(SERVER, [work(eval_flops=4e9, eval_client_flops=1e9, eval_on="client")])
+    assert both_on_client.makespan_s - plain == pytest.approx(5e9 / CLIENT.flops)
     with pytest.raises(ConfigError, match="eval_on"):
         work(eval_on="cloud")
+
+
+def test_predicted_heldout_check_is_split_at_each_cut() -> None:
+    shape, profiles, server = smollm2(), device_preset("hetero", 5), server_profile("busy")
+    cuts = [1, 2, 4, 8, 16]
+    plain = predict_round(profiles, cuts, shape, server, 4, 64)
+    checked = predict_round(profiles, cuts, shape, server, 4, 64, heldout_samples=4)
+    for i, cut in enumerate(cuts):
+        on_client, on_server = heldout_flops(shape, 4, 64, cut)
+        extra = checked.breakdown[i].compute_s - plain.breakdown[i].compute_s
+        assert extra == pytest.approx(on_client / profiles[i].flops)
+    total_server = sum(heldout_flops(shape, 4, 64, cut)[1] for cut in cuts)
+    assert checked.server_busy_s - plain.server_busy_s == pytest.approx(total_server / server.flops)
 
 
 def test_timing_is_deterministic_and_json_ready() -> None:
@@ -170,6 +191,7 @@ works = st.builds(
     adapter_up_bytes=st.floats(0.0, 1e6),
     eval_flops=st.floats(0.0, 1e11),
     eval_on=st.sampled_from(["server", "client"]),
+    eval_client_flops=st.floats(0.0, 1e10),
 )
 servers = st.builds(replace, st.just(SERVER), flops=st.floats(1e9, 1e13))
 speedups = st.floats(1.0, 100.0)
@@ -206,3 +228,13 @@ def test_busy_share_and_breakdown_are_consistent(clients, server, order) -> None
         total = parts.compute_s + parts.comm_s + parts.server_s + parts.wait_s
         assert total == pytest.approx(timing.per_client_s[i], rel=1e-9, abs=1e-9)
         assert min(parts.compute_s, parts.comm_s, parts.server_s, parts.wait_s) >= 0.0
+
+
+def test_heldout_check_flops_split_at_the_cut() -> None:
+    shape = smollm2()
+    whole = eval_flops(shape, 4, 64)
+    for cut in (1, 2, 29):
+        on_client, on_server = heldout_flops(shape, 4, 64, cut)
+        assert on_client + on_server == whole
+        assert on_client == cut * block_forward_flops(shape, 4 * 64, 64)  # SmolLM2: no project_in
+    assert heldout_flops(shape, 0, 64, 2) == (0, 0)

@@ -14,8 +14,10 @@ runs its jobs FIFO in arrival order (ties: lower client index first); the server
 not shared (a 10 Gbit/s server link is never the bottleneck of phone-class clients).
 
 The held-out evaluation the policy needs runs on the client (``eval_on="client"``: after its
-last step, before the adapter upload, scoring its own model) or on the main server
-(``eval_on="server"``: a FIFO job that joins the queue when the client's adapters arrive).
+last step, before the adapter upload, scoring its own model) or split like training
+(``eval_on="server"``, what the round loop does: after the adapter upload the client forwards
+its held-out samples through its own blocks, ``eval_client_flops`` on its device, and the main
+server runs the rest and scores, ``eval_flops``, a FIFO job like any other).
 
 ``order="parallel"`` (design.md): every client starts at 0, the makespan is when the last one
 is done. ``order="sequential"`` (the paper's Algorithm 1): each client starts when the one
@@ -37,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from splitft.errors import ConfigError
-from splitft.federated.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts
+from splitft.federated.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts, heldout_flops
 from splitft.federated.devices import DeviceProfile
 
 ORDERS = ("parallel", "sequential")
@@ -62,6 +64,9 @@ class ClientWork:
     local_flops: float = 0.0
     """FLOPs the client computes on its own after the adapter download (fedlora's whole-model
     steps: no server job, no activations)."""
+    eval_client_flops: float = 0.0
+    """The client's part of the held-out evaluation (its blocks, on its device); ``eval_flops``
+    is the server's part (with ``eval_on="client"`` the client computes both)."""
 
     def __post_init__(self) -> None:
         if self.eval_on not in EVAL_ON:
@@ -77,6 +82,7 @@ class ClientWork:
         steps: int = 1,
         eval_flops: float = 0.0,
         eval_on: Literal["server", "client"] = "server",
+        eval_client_flops: float = 0.0,
     ) -> ClientWork:
         """Predicted work; adapters travel at the rank trained, in fp32, both ways."""
         adapter_bytes = costs.client_lora_params * FLOAT_BYTES
@@ -92,6 +98,7 @@ class ClientWork:
             adapter_bytes,
             eval_flops,
             eval_on,
+            eval_client_flops=eval_client_flops,
         )
 
 
@@ -154,9 +161,10 @@ class _Client:
             self.transfer(w.up_bytes, up=True)
             return self.t, w.server_flops
         if w.eval_on == "client":
-            self.compute(w.eval_flops)
+            self.compute(w.eval_client_flops + w.eval_flops)
         self.transfer(w.adapter_up_bytes, up=True)
-        if w.eval_on == "server" and w.eval_flops > 0:
+        if w.eval_on == "server" and (w.eval_flops > 0 or w.eval_client_flops > 0):
+            self.compute(w.eval_client_flops)  # its blocks of the check, then the server's
             self.evaluating = True
             return self.t, w.eval_flops
         return None
@@ -259,26 +267,22 @@ def predict_round(
     r_others: int = 16,
     r_cut: int = 8,
     order: str = "parallel",
-    eval_flops: float = 0.0,
+    heldout_samples: int = 0,
     eval_on: Literal["server", "client"] = "server",
     adapted_per_block: Projections | None = None,
     server_r_cut: int | None = None,
 ) -> RoundTiming:
-    """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``."""
+    """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``
+    (and, with ``heldout_samples``, then scores that many held-out sequences, split at its cut)."""
     if len(profiles) != len(cuts):
         raise ConfigError(f"{len(profiles)} device profiles but {len(cuts)} cuts")
-    works = [
-        ClientWork.from_costs(
-            device,
-            StepCosts.for_cut(
-                shape, cut, batch, seq_len, r_others, r_cut, adapted_per_block, wire_dtype, server_r_cut
-            ),
-            steps,
-            eval_flops,
-            eval_on,
+    works = []
+    for device, cut in zip(profiles, cuts, strict=True):
+        costs = StepCosts.for_cut(
+            shape, cut, batch, seq_len, r_others, r_cut, adapted_per_block, wire_dtype, server_r_cut
         )
-        for device, cut in zip(profiles, cuts, strict=True)
-    ]
+        on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut)
+        works.append(ClientWork.from_costs(device, costs, steps, on_server, eval_on, on_client))
     return simulate_round(server, works, order)
 
 

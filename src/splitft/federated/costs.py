@@ -209,6 +209,14 @@ def eval_flops(shape: ModelShape, samples: int, seq_len: int) -> int:
     return embed_flops(shape, tokens) + blocks + head_fwd
 
 
+def heldout_flops(shape: ModelShape, samples: int, seq_len: int, cut: int) -> tuple[int, int]:
+    """(client, server) forward FLOPs of a held-out check at ``cut``: the client runs the
+    embedding and its ``cut`` blocks on its own device, the main server the rest and the scoring."""
+    tokens = samples * seq_len
+    client = embed_flops(shape, tokens) + cut * block_forward_flops(shape, tokens, seq_len)
+    return client, eval_flops(shape, samples, seq_len) - client
+
+
 def client_lora_params(
     shape: ModelShape, cut: int, r_others: int, r_cut: int, adapted: Projections | None = None
 ) -> int:

@@ -18,7 +18,7 @@ from splitft.federated.costs import (
     ModelShape,
     StepCosts,
     check_fits,
-    eval_flops,
+    heldout_flops,
     unsplit_step_flops,
     whole_model_memory_bytes,
 )
@@ -60,11 +60,9 @@ class RoundTimer:
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
 
-    def heldout_flops(self) -> float:
-        """A held-out accuracy check, charged on the server (design.md 2.8)."""
-        if self.cfg.policy.name not in ("accuracy", "splitft"):
-            return 0.0
-        return float(eval_flops(self.shape, self.cfg.policy.heldout_samples, self.cfg.data.max_length))
+    def heldout_samples(self) -> int:
+        """Held-out sequences each client scores per round (only policies that read accuracy)."""
+        return self.cfg.policy.heldout_samples if self.cfg.policy.name in ("accuracy", "splitft") else 0
 
     def predict(self, cuts: Sequence[int]) -> RoundTiming:
         """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
@@ -82,7 +80,7 @@ class RoundTimer:
             r_cut=cfg.lora.client_cut_rank,
             server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
-            eval_flops=self.heldout_flops(),
+            heldout_samples=self.heldout_samples(),
         )
 
     def actual(
@@ -111,6 +109,9 @@ class RoundTimer:
                 for b, t in shapes
             ]
             mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
+            eval_client, eval_server = heldout_flops(
+                self.shape, self.heldout_samples(), cfg.data.max_length, cuts[i]
+            )
             works[i] = ClientWork(
                 self.devices[i],
                 mean("client_forward_flops"),
@@ -121,7 +122,8 @@ class RoundTimer:
                 down_bytes=(flows["down"]["total"] - flows["down"]["adapters"]) / steps,
                 adapter_down_bytes=flows["down"]["adapters"],
                 adapter_up_bytes=flows["up"]["adapters"],
-                eval_flops=self.heldout_flops(),
+                eval_flops=eval_server,
+                eval_client_flops=eval_client,
             )
         return simulate_round(self.server, works, cfg.devices.order)
 
