@@ -116,6 +116,14 @@ def test_compare_runs_a_preset_and_reuses_finished_runs(corpus, tmp_path, capsys
         ("[compare]\nvary = []\n", "names no runs"),
         ("[compare]\nruns = 3\nvary = ['seed=1,2']\nextra = 1\n", "unknown keys in \\[compare\\]: extra"),
         ("[compare]\nvary = ['lora.r_cut=2,x']\n", "run 'lora.r_cut=x': lora.r_cut: expected an integer"),
+        ("[compare]\nvary = 'seed=1,2'\n", "vary must be a list"),
+        ("[compare]\nruns = 3\n", "runs must be tables"),
+        (
+            "[compare]\nvary = ['seed=1,2']\ntarget_ppl = '30'\n",
+            "target_ppl must be a positive number, got '30'",
+        ),
+        ("[compare]\nvary = ['seed=1,2']\ntarget_ppl = -1\n", "target_ppl must be a positive number"),
+        ("[compare.runs.'a/b']\nseed = 1\n[compare.runs.a_b]\nseed = 2\n", "would share the folder"),
     ],
 )
 def test_bad_presets_are_clear_errors(text, message, tmp_path, capsys):

@@ -5,10 +5,12 @@
     splitft compare --preset configs/cpu/table1.toml --out runs/table1
 
 Each run gets its own directory ``OUT/<label>`` (a run already complete there is kept, an
-interrupted one is resumed from its checkpoint), then
-:func:`splitft.report.compare.compare_runs` writes the comparison table and overlay plots into
-``OUT``. Every config is built and checked before the first run starts, so a bad value costs
-nothing.
+interrupted one is resumed from its checkpoint, one stopped before its first checkpoint is
+started again; a run there whose config differs only in fields a resume may change, e.g.
+``federation.rounds``, is continued with the new values), then
+:func:`splitft.report.compare.compare_runs` writes the comparison table and plots into
+``OUT``. Every config, the target perplexity and every run folder already in ``OUT`` are
+checked before the first run starts, so a bad value costs nothing.
 
 A **preset** is a config file with a ``[compare]`` table naming its runs: ``vary`` (a list of
 ``"field=v1,v2"`` axes, crossed) and/or ``[compare.runs.<label>]`` tables of overrides, and
@@ -18,6 +20,7 @@ optionally ``target_ppl``. ``splitft train --config PRESET`` trains its base con
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -74,16 +77,30 @@ def load_preset(path: str | Path) -> tuple[Config, Plan]:
         raise ConfigError(
             f"{path}: unknown keys in [compare]: {', '.join(sorted(unknown))}; allowed: vary, runs, target_ppl"
         )
-    plan = plan_from_vary(list(table["vary"])) if table.get("vary") else Plan()
-    for label, overrides in table.get("runs", {}).items():
+    vary, runs = table.get("vary", []), table.get("runs", {})
+    if not isinstance(vary, list) or not all(isinstance(v, str) for v in vary):
+        raise ConfigError(f'{path}: [compare] vary must be a list of "field=v1,v2" strings, got {vary!r}')
+    if not isinstance(runs, dict):
+        raise ConfigError(f"{path}: [compare] runs must be tables [compare.runs.<label>], got {runs!r}")
+    plan = plan_from_vary(vary) if vary else Plan()
+    for label, overrides in runs.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"{path}: [compare.runs.{label}] must be a table of field = value")
         plan.runs.append((label, _flatten(overrides)))
     if not plan.runs:
         raise ConfigError(f"{path}: [compare] names no runs (give vary or [compare.runs.<label>] tables)")
-    plan.target_ppl = table.get("target_ppl")
+    plan.target_ppl = check_target(table.get("target_ppl"), f"{path}: [compare] target_ppl")
     plan.description = str(data.get("description", ""))
     return Config.from_toml(path), plan
+
+
+def check_target(value: Any, what: str = "the target perplexity") -> float | None:
+    """A target perplexity: None (none given) or a positive finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,20 +119,56 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", label)
 
 
+def _fields(config: Config) -> dict[str, Any]:
+    """Every field of ``config`` by dotted name, as runs are matched: ``threads`` aside (how
+    many cores trained a run does not change it)."""
+    return _flatten(config.with_overrides({"threads": 0}).to_dict())
+
+
+def config_changes(stored: Config, planned: Config) -> dict[str, Any]:
+    """The fields where ``planned`` differs from ``stored``, with the planned values."""
+    old, new = _fields(stored), _fields(planned)
+    return {key: new.get(key) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+
+
 def find_run(config: Config, folder: Path) -> Path | None:
     """A complete run under ``folder`` trained with exactly ``config`` (threads aside)."""
-    wanted = config.with_overrides({"threads": 0}).to_dict()
     for config_file in sorted(folder.glob("**/config.toml")):
         run = config_file.parent
         if not (run / "summary.json").exists():
             continue
         try:
-            found = Config.from_toml(config_file).with_overrides({"threads": 0}).to_dict()
+            found = Config.from_toml(config_file)
         except ConfigError:
             continue  # a folder of an older version: not a match
-        if found == wanted:
+        if not config_changes(found, config):
             return run
     return None
+
+
+def _existing_changes(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """What must change in the run already in ``run_dir`` to make it ``cfg``'s run ({} when it
+    is that run or there is none); a ConfigError when a resume cannot make that change."""
+    from splitft.train import RESUME_OVERRIDES
+
+    stored = run_dir / "config.toml"
+    if not stored.is_file():
+        return {}
+    try:
+        changes = config_changes(Config.from_toml(stored), cfg)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{run_dir} holds a run this version cannot read ({err}); use another --out"
+        ) from None
+    fixed = [key for key in changes if key not in RESUME_OVERRIDES]
+    if fixed or (changes and not RunDirectory(run_dir).folder("checkpoint").exists()):
+        shown = ", ".join(f"{key}={changes[key]!r}" for key in (fixed or list(changes))[:4])
+        raise ConfigError(
+            f"{run_dir} holds a run of another config (planned: {shown}"
+            f"{', ...' if len(fixed or changes) > 4 else ''}); use another --out or remove that folder "
+            "(nothing was changed)"
+        )
+    return changes
 
 
 def compare(
@@ -134,8 +187,12 @@ def compare(
 
     out = Path(out_dir)
     labels = [label for label, _ in plan.runs]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"two runs share a label: {', '.join(labels)}")
+    folders = [folder_name(label) for label in labels]
+    shared = sorted({f for f in folders if folders.count(f) > 1})
+    if shared:
+        clash = [label for label in labels if folder_name(label) in shared]
+        raise ConfigError(f"runs {', '.join(map(repr, clash))} would share the folder(s) {', '.join(shared)}")
+    target = check_target(target_ppl if target_ppl is not None else plan.target_ppl)
     configs = []
     for label, overrides in plan.runs:
         try:
@@ -144,19 +201,27 @@ def compare(
         except ConfigError as err:
             raise ConfigError(f"run {label!r}: {err}") from None
         configs.append((label, cfg))
+    changes = [_existing_changes(out / folder_name(label), cfg) for label, cfg in configs]
     run_dirs = []
-    for number, (label, cfg) in enumerate(configs, 1):
+    for number, ((label, cfg), change) in enumerate(zip(configs, changes, strict=True), 1):
         run_dir = out / folder_name(label)
         print(f"[{number}/{len(configs)}] {label}")
-        if (run_dir / "summary.json").exists():
+        has_checkpoint = RunDirectory(run_dir).folder("checkpoint").exists()
+        if change:
+            print(f"{run_dir}: continued with {', '.join(f'{k}={v!r}' for k, v in change.items())}")
+            resume(run_dir, change, progress=True)
+        elif (run_dir / "summary.json").exists():
             print(f"{run_dir}: complete, kept")
-        elif RunDirectory(run_dir).folder("checkpoint").exists():
+        elif has_checkpoint:
             resume(run_dir, progress=True)
+        elif run_dir.exists():  # stopped before its first round was saved: nothing to resume
+            print(f"{run_dir}: stopped before its first checkpoint, started again")
+            shutil.rmtree(run_dir)
+            train(cfg, run_dir, progress=True)
         elif reuse is not None and (same := find_run(cfg, Path(reuse))) is not None:
             shutil.copytree(same, run_dir, dirs_exist_ok=True)
             print(f"{run_dir}: same config as {same}, copied")
         else:
             train(cfg, run_dir, progress=True)
         run_dirs.append(run_dir)
-    target = target_ppl if target_ppl is not None else plan.target_ppl
     return compare_runs(run_dirs, out, target, labels)
