@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from safetensors.torch import load_file
@@ -10,6 +11,8 @@ from safetensors.torch import load_file
 from splitft.cli import main
 from splitft.config import Config
 from splitft.errors import ConfigError
+from splitft.federated.messages import read as proto_read
+from splitft.federated.whole_model import WholeModelTrainer
 
 from _models import tiny_split
 
@@ -189,3 +192,33 @@ def test_whole_model_methods_resume_exactly(corpus, tmp_path, method):
         row.pop("wall_s")
     assert rows_a == rows_b
     assert a["final_test_ppl"] == b["final_test_ppl"] and a["bytes_up"] == b["bytes_up"]
+
+
+def test_fedlora_resume_keeps_a_dropped_client_dropped(corpus, tmp_path, monkeypatch):
+    """Client 1 fails in round 2 and is dropped for good; a run resumed after round 2 must not
+    call it again (the checkpoint holds the dropped set)."""
+    original = WholeModelTrainer.train
+
+    def flaky(self, payload):
+        if self.client_id == 1 and proto_read(payload)["control"]["first_step"] == 1:
+            raise RuntimeError("injected")
+        return original(self, payload)
+
+    monkeypatch.setattr(WholeModelTrainer, "train", flaky)
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert main(args(corpus, straight, "--method", "fedlora", "--federation.rounds", "4")) == 0
+    assert main(args(corpus, halves, "--method", "fedlora", "--federation.rounds", "2")) == 0
+    assert main(["train", "--resume", str(halves), "--federation.rounds", "4"]) == 0
+    (a, rows_a), (b, rows_b) = read(straight), read(halves)
+    for row in (*rows_a, *rows_b):
+        row.pop("wall_s")
+    assert [r["clients"] for r in rows_a] == [[0, 1], [0], [0], [0]]
+    assert rows_a == rows_b and a["bytes_up"] == b["bytes_up"]
+
+
+def test_fedlora_svd_merge_resets_adamw_and_reports_its_truncation(corpus, tmp_path):
+    assert main(args(corpus, tmp_path / "svd", "--method", "fedlora", "--aggregation", "svd")) == 0
+    summary, metrics = read(tmp_path / "svd")
+    # two clients' rank-16 updates summed exceed rank 16 in general: the truncation is not free
+    assert all(m["svd_truncation_error"] > 0 for m in metrics)
+    assert math.isfinite(summary["final_test_ppl"])

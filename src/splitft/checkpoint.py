@@ -167,4 +167,5 @@ def _restore_whole_model(
         restore_optimizer(prefix, trainer.optimizer, tensors)
         trainer.skip_batches(state["batches_taken"][prefix])
     loop.clock = VirtualClock.from_dict(state["clock"])
+    loop.dropped = set(state["dropped"])
     loop.ledger.restore(state["ledger"])

@@ -89,10 +89,13 @@ class WholeModelTrainer:
         return self.stream.taken
 
     def begin_round(self, payload: bytes) -> bytes:
-        """Take the global adapters (every block)."""
+        """Take the global adapters (every block). After an ``svd`` merge every factor is in a
+        new basis, so the AdamW moments of the old one are dropped (as the split client does)."""
         with torch.no_grad():
             for name, tensor in read_adapters(read(payload), self.layout).items():
                 self.params[name].copy_(tensor)
+        if self.cfg.aggregation == "svd":
+            self.optimizer.reset(self.params)
         return control(ok=True)
 
     def train(self, payload: bytes) -> bytes:
@@ -170,10 +173,11 @@ class WholeModelLoop:
 
     def run_round(self, round_number: int) -> RoundResult:
         dropped: list[dict] = []
+        truncation = 0.0  # centralized: nothing is merged
         if self.centralized:
             loss_sum, tokens, shapes, timing = self._centralized_round(round_number)
         else:
-            loss_sum, tokens, shapes, timing = self._fedlora_round(round_number, dropped)
+            loss_sum, tokens, shapes, timing, truncation = self._fedlora_round(round_number, dropped)
         self.clock.advance(timing)
         return RoundResult(
             round=round_number,
@@ -186,6 +190,7 @@ class WholeModelLoop:
             virtual_s=self.clock.elapsed_s,
             dropped=dropped,
             samples=sum(b for s in shapes.values() for b, _ in s),
+            truncation_error=truncation,
         )
 
     def _centralized_round(self, round_number: int) -> tuple[float, int, dict[int, list], RoundTiming]:
@@ -204,8 +209,9 @@ class WholeModelLoop:
 
     def _fedlora_round(
         self, round_number: int, dropped: list[dict]
-    ) -> tuple[float, int, dict[int, list], RoundTiming]:
-        """Global adapters down, local steps, adapters up, FedAvg over the clients that finished."""
+    ) -> tuple[float, int, dict[int, list], RoundTiming, float]:
+        """Global adapters down, local steps, adapters up, FedAvg over the clients that finished;
+        also the merge's truncation error (``svd`` aggregation)."""
         steps = self.cfg.federation.local_steps
         alive = [i for i in range(self.num_clients) if self.feasible[i] and i not in self.dropped]
         adapters = encode_message(adapter_entries(self.global_adapters, full_ranks(self.layout))).data
@@ -229,12 +235,19 @@ class WholeModelLoop:
                 Contribution(weight, read_adapters(message, self.layout), full_ranks(self.layout))
             )
         if not contributions:
-            failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "none feasible"
+            failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped)
+            if not failures:
+                failures = (
+                    f"every feasible client was dropped in an earlier round: {sorted(self.dropped)}"
+                    if self.dropped
+                    else "no client's device can train the whole model"
+                )
             raise SplitFTError(f"round {round_number}: no client finished ({failures})")
-        self.global_adapters, _ = merge(
+        self.global_adapters, truncation = merge(
             self.global_adapters, contributions, [], self.cfg.aggregation, self.cfg.lora.r_others
         )
-        return loss_sum, tokens, shapes, self.timer.whole_model(round_number, shapes, self.ledger)
+        timing = self.timer.whole_model(round_number, shapes, self.ledger)
+        return loss_sum, tokens, shapes, timing, truncation
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
