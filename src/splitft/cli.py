@@ -4,7 +4,8 @@
     splitft eval --adapter DIR [--data SPEC] [--split test|validation]
     splitft bench [--quick]
     splitft partition [--data SPEC] [--clients N] [--alpha A] [--bins B] [--out DIR] ...
-    splitft report RUN_DIR [RUN_DIR ...] [--out DIR] [--target-ppl X] [--labels a,b,...]
+    splitft report RUN_DIR [RUN_DIR ...] [--out DIR] [--target-ppl X] [--labels a,b,...] [--allow-incomplete]
+    splitft compare (--vary FIELD=V1,V2 ... | --preset FILE) --out DIR [--reuse DIR] [--section.field VALUE ...]
 
 Any :class:`~splitft.errors.SplitFTError` (bad config value, missing data, unknown model)
 is printed as one ``error:`` line and exits with code 2, without a traceback.
@@ -126,7 +127,7 @@ def _report(ns: argparse.Namespace) -> int:
     rows = compare_runs([Path(d) for d in ns.run_dirs], out, target, labels, ns.allow_incomplete)
     print(format_table(rows), end="")
     if out is not None:
-        print(f"wrote {out}/comparison.md, comparison.csv and 3 plots")
+        print(f"wrote {out}/comparison.md, comparison.csv and 4 plots")
     return 0
 
 

@@ -69,8 +69,9 @@ class _Run:
         return [m for m in self.metrics if m.get("test_ppl") is not None]
 
     def fact(self, key: str, from_metrics: Any) -> Any:
-        """``summary.json``'s value of ``key``; for an incomplete run the one the metrics give."""
-        return self.summary[key] if self.summary is not None else from_metrics
+        """``summary.json``'s value of ``key``; for an incomplete run (or a summary written
+        before that key existed) the one the metrics give."""
+        return self.summary.get(key, from_metrics) if self.summary is not None else from_metrics
 
 
 def _read_run(path: Path, allow_incomplete: bool) -> _Run:
@@ -95,7 +96,8 @@ def _read_run(path: Path, allow_incomplete: bool) -> _Run:
         summary = None
     else:
         failed = path / "FAILED"
-        why = f"it failed: {failed.read_text().splitlines()[0]}" if failed.is_file() else "still running?"
+        reason = failed.read_text().strip().splitlines() if failed.is_file() else []
+        why = f"it failed: {reason[0]}" if reason else "it failed" if failed.is_file() else "still running?"
         raise DataError(
             f"{path} is incomplete (no summary.json; {why}); pass --allow-incomplete to report its metrics"
         )
@@ -139,7 +141,7 @@ def _row(run: _Run, label: str) -> dict[str, Any]:
 def _sum_kinds(metrics: list[dict[str, Any]]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for m in metrics:
-        for kind, count in m["bytes_by_kind"].items():
+        for kind, count in m.get("bytes_by_kind", {}).items():
             totals[kind] = totals.get(kind, 0) + count
     return totals
 
