@@ -15,6 +15,7 @@ import pytest
 
 from splitft.cli import main
 from splitft.config import Config
+from splitft.errors import DataError
 from splitft.report.compare import compare_runs, summary_bars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -226,3 +227,21 @@ def test_write_folder_survives_a_crash_between_its_two_renames(tmp_path: Path) -
     run.write_folder("checkpoint", lambda p: (p / "state.json").write_text("3"))
     assert (run.folder("checkpoint") / "state.json").read_text() == "3"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
+def test_summary_of_an_older_version_falls_back_to_the_metrics(runs: list[Path]) -> None:
+    summary_path = runs[0] / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    for key in ("bytes_by_kind", "trainable_params_client", "trainable_params_server"):
+        del summary[key]
+    summary_path.write_text(json.dumps(summary))
+    row = compare_runs(runs, None, None, None)[0]
+    assert row["mb_activations"] == pytest.approx(4 * 1.2) and row["mb_adapters"] == pytest.approx(4 * 0.5)
+    assert row["params_client"] is None and row["final_test_ppl"] == 15.0
+
+
+def test_an_empty_failed_marker_still_gives_a_clear_error(runs: list[Path]) -> None:
+    (runs[1] / "summary.json").unlink()
+    (runs[1] / "FAILED").write_text("")
+    with pytest.raises(DataError, match="is incomplete .*it failed"):
+        compare_runs(runs, None, None, None)
