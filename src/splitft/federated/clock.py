@@ -15,9 +15,14 @@ not shared (a 10 Gbit/s server link is never the bottleneck of phone-class clien
 
 The held-out evaluation the policy needs runs on the client (``eval_on="client"``: after its
 last step, before the adapter upload, scoring its own model) or split like training
-(``eval_on="server"``, what the round loop does: after the adapter upload the client forwards
-its held-out samples through its own blocks, ``eval_client_flops`` on its device, and the main
-server runs the rest and scores, ``eval_flops``, a FIFO job like any other).
+(``eval_on="server"``: after the adapter upload the client forwards its held-out samples
+through its own blocks, ``eval_client_flops`` on its device, and the main server runs the rest
+and scores, ``eval_flops``, a FIFO job like any other). The round loop's check is the second:
+its FLOPs are charged where they run and its bytes (the merged adapters down again, the
+held-out activations up) are in the round's transfers, but it is timed per client, right
+after that client's upload. The loop itself waits for the merge first; the clock does not
+model that barrier, so a fast client's check overlaps the slow ones' training (a round's
+makespan, set by the slowest client, changes little).
 
 ``order="parallel"`` (design.md): every client starts at 0, the makespan is when the last one
 is done. ``order="sequential"`` (the paper's Algorithm 1): each client starts when the one
