@@ -130,8 +130,10 @@ def test_given_target_not_reached_and_labels(runs: list[Path], tmp_path: Path) -
     assert "not reached" in b_line
     with open(tmp_path / "out" / "comparison.csv", newline="") as handle:
         csv_rows = list(csv.DictReader(handle))
-    assert csv_rows[1]["virtual time to ppl 18.000 (s)"] == "not reached"
-    assert csv_rows[0]["speed-up vs first"] == "1.00x" and csv_rows[1]["speed-up vs first"] == "-"
+    assert csv_rows[0]["time_to_target_s"] == "40.0" and csv_rows[1]["time_to_target_s"] == ""
+    assert csv_rows[0]["speedup"] == "1.0" and csv_rows[1]["speedup"] == ""
+    assert csv_rows[1]["target_ppl"] == "18.0" and csv_rows[1]["label"] == "B"
+    assert float(csv_rows[0]["mb_up"]) == rows[0]["mb_up"]  # not rounded
 
 
 def test_incomplete_run_from_its_metrics(runs: list[Path], tmp_path: Path) -> None:
@@ -237,6 +239,9 @@ def test_summary_of_an_older_version_falls_back_to_the_metrics(runs: list[Path])
     summary_path.write_text(json.dumps(summary))
     row = compare_runs(runs, None, None, None)[0]
     assert row["mb_activations"] == pytest.approx(4 * 1.2) and row["mb_adapters"] == pytest.approx(4 * 0.5)
+    assert row["mb_other"] == pytest.approx(4 * 0.01)  # labels; this run sent no control bytes
+    kinds = ("mb_activations", "mb_gradients", "mb_adapters", "mb_other")
+    assert sum(row[k] for k in kinds) == pytest.approx(row["mb_up"] + row["mb_down"])  # every byte
     assert row["params_client"] is None and row["final_test_ppl"] == 15.0
 
 

@@ -51,10 +51,15 @@ COLUMNS = (
     ("mb_activations", "MB activations", "{:.2f}"),
     ("mb_gradients", "MB gradients", "{:.2f}"),
     ("mb_adapters", "MB adapters", "{:.2f}"),
+    ("mb_other", "MB labels + control", "{:.2f}"),
     ("params_client", "trainable params client", "{}"),
     ("params_server", "trainable params server", "{}"),
     ("mean_cut", "mean cut", "{:.2f}"),
 )
+
+
+CSV_FIELDS = (*(key for key, _, _ in COLUMNS), "target_ppl", "complete", "run_dir")
+"""Columns of ``comparison.csv``: the row keys (stable names, unrounded values)."""
 
 
 @dataclass
@@ -132,6 +137,7 @@ def _row(run: _Run, label: str) -> dict[str, Any]:
         "mb_activations": by_kind.get("activations", 0) / 1e6,
         "mb_gradients": by_kind.get("gradients", 0) / 1e6,
         "mb_adapters": by_kind.get("adapters", 0) / 1e6,
+        "mb_other": (by_kind.get("labels", 0) + by_kind.get("control", 0)) / 1e6,
         "params_client": run.fact("trainable_params_client", None),
         "params_server": run.fact("trainable_params_server", None),
         "mean_cut": statistics.fmean(statistics.fmean(r["cuts"]) for r in m),
@@ -212,9 +218,9 @@ def _write(runs: list[_Run], rows: list[dict[str, Any]], out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "comparison.md").write_text(format_table(rows), encoding="utf-8")
         with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_headers(rows))
-            writer.writerows(_cells(row) for row in rows)
+            writer = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()  # raw values for programs (the table rounds them); blank = none
+            writer.writerows(rows)
         _plot(runs, rows, out)
     except OSError as e:
         raise ConfigError(f"cannot write the comparison to {out}: {e.strerror or e}") from e
