@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from splitft.cli import main
 from splitft.config import Config
+from splitft.errors import ConfigError
 from splitft.runtime import CallFailure, InProcessRuntime
 from splitft.runtime.flare_job import project_yml
 
@@ -224,3 +225,22 @@ def test_project_yml_names_the_server_and_sites():
     text = project_yml("fl.example.com", 3)
     assert "name: fl.example.com\n    type: server" in text
     assert all(f"name: site-{i}\n    type: client" in text for i in (1, 2, 3))
+
+
+def test_a_site_with_its_own_file_trains_on_all_of_it(tmp_path):
+    """A site's data_path is its client's whole training set: not split N ways first (a file
+    with fewer samples than the federation has clients would fail that split)."""
+    from splitft.runtime.flare import build_site_client
+
+    local = tmp_path / "site.txt"
+    local.write_text("".join(f"site line {i} " + "thou art fair " * (1 + i) + "\n" for i in range(3)))
+    cfg = Config().with_overrides(
+        {"model.name": "tiny:llama", "data.train": str(local), "federation.num_clients": 5}
+    )
+    client = build_site_client(cfg, 3, str(local))
+    assert client.client_id == 3
+    assert len(client.data) + len(client.heldout) == 3  # all 3 lines, nothing left to others
+    lengths = [len(d[i]["input_ids"]) for d in (client.data, client.heldout) for i in range(len(d))]
+    assert len(set(lengths)) == 3  # the three lines (of different lengths), not a repeat
+    with pytest.raises(ConfigError, match="does not exist on this site"):
+        build_site_client(cfg, 0, str(tmp_path / "missing.txt"))

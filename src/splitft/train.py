@@ -92,14 +92,21 @@ class Experiment:
         return pad_id_of(self.tokenizer)
 
 
-def setup(cfg: Config) -> Experiment:
-    """Validate ``cfg``, load tokenizer, data and model, and build the roles."""
+def setup(cfg: Config, data: Callable[[Any], PreparedData] | None = None) -> Experiment:
+    """Validate ``cfg``, load tokenizer, data and model, and build the roles.
+
+    ``data``: given the tokenizer, the data to use instead of ``cfg.data`` split
+    ``federation.num_clients`` ways (a FLARE site's own file, say).
+    """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
+    if data is None:
+        data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
+    else:
+        data = data(tokenizer)
     base = load_model(
         cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
     )

@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvflare.collab import collab
 
@@ -33,6 +33,9 @@ from splitft.config import Config
 from splitft.errors import ConfigError
 from splitft.federated.messages import control, read
 from splitft.runtime.base import CallFailure, Runtime
+
+if TYPE_CHECKING:
+    from splitft.data.prepare import PreparedData
 
 SITE_CONFIG_ENV = "SPLITFT_SITE_CONFIG"
 """On a production site: path of the site's TOML (data_path, device)."""
@@ -249,7 +252,7 @@ def build_site_client(cfg: Config, index: int, data_path: str = ""):
     own partition (what simulation does); with it, the site trains on that local file alone.
     """
     from splitft.data.prepare import prepare_data
-    from splitft.federated.client import Client
+    from splitft.data.tokenize import TokenizedDataset
     from splitft.train import setup
 
     if not data_path:
@@ -257,6 +260,14 @@ def build_site_client(cfg: Config, index: int, data_path: str = ""):
     if not Path(data_path).exists():
         raise ConfigError(f"data_path {data_path} does not exist on this site")
     local = cfg.with_overrides({"data.train": data_path, "data.test": "", "data.validation": ""})
-    exp = setup(local)
-    own = prepare_data(local.data, exp.tokenizer, 1, cfg.seed)
-    return Client(index, exp.model, exp.layout, own.clients[0], local, exp.pad_id, own.heldout[0])
+
+    def own_data(tokenizer: Any) -> PreparedData:
+        """All of the local file for this site's client (one partition), nothing for the
+        others: their data lives on their own sites."""
+        own = prepare_data(local.data, tokenizer, 1, cfg.seed)
+        slots = range(cfg.federation.num_clients)
+        own.clients = [own.clients[0] if i == index else TokenizedDataset() for i in slots]
+        own.heldout = [own.heldout[0] if i == index else TokenizedDataset() for i in slots]
+        return own
+
+    return setup(local, data=own_data).clients[index]
