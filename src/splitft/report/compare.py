@@ -292,7 +292,12 @@ def summary_bars(rows: list[dict[str, Any]]) -> plt.Figure:
         for y, v in enumerate(values):
             if v is not None:
                 ax.annotate(
-                    f"{v:.3g}", (v, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=7
+                    f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}",
+                    (v, y),
+                    xytext=(2, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
                 )
         ax.set_title(title, fontsize="medium")
         ax.grid(axis="x", alpha=0.3)
