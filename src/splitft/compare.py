@@ -206,13 +206,12 @@ def compare(
     for number, ((label, cfg), change) in enumerate(zip(configs, changes, strict=True), 1):
         run_dir = out / folder_name(label)
         print(f"[{number}/{len(configs)}] {label}")
-        has_checkpoint = RunDirectory(run_dir).folder("checkpoint").exists()
         if change:
             print(f"{run_dir}: continued with {', '.join(f'{k}={v!r}' for k, v in change.items())}")
             resume(run_dir, change, progress=True)
         elif (run_dir / "summary.json").exists():
             print(f"{run_dir}: complete, kept")
-        elif has_checkpoint:
+        elif RunDirectory(run_dir).folder("checkpoint").exists():
             resume(run_dir, progress=True)
         elif run_dir.exists():  # stopped before its first round was saved: nothing to resume
             print(f"{run_dir}: stopped before its first checkpoint, started again")

@@ -92,10 +92,10 @@ class Experiment:
         return pad_id_of(self.tokenizer)
 
 
-def setup(cfg: Config, data: Callable[[Any], PreparedData] | None = None) -> Experiment:
+def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> Experiment:
     """Validate ``cfg``, load tokenizer, data and model, and build the roles.
 
-    ``data``: given the tokenizer, the data to use instead of ``cfg.data`` split
+    ``prepare``: given the tokenizer, the data to use instead of ``cfg.data`` split
     ``federation.num_clients`` ways (a FLARE site's own file, say).
     """
     cfg.validate()
@@ -103,10 +103,10 @@ def setup(cfg: Config, data: Callable[[Any], PreparedData] | None = None) -> Exp
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    if data is None:
+    if prepare is None:
         data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
     else:
-        data = data(tokenizer)
+        data = prepare(tokenizer)
     base = load_model(
         cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
     )

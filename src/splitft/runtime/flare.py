@@ -270,4 +270,4 @@ def build_site_client(cfg: Config, index: int, data_path: str = ""):
         own.heldout = [own.heldout[0] if i == index else TokenizedDataset() for i in slots]
         return own
 
-    return setup(local, data=own_data).clients[index]
+    return setup(local, prepare=own_data).clients[index]
