@@ -7,10 +7,10 @@ Only the cost model and the virtual clock run (no training): for SmolLM2's shape
 blocks, and all 30), batch 4, 64 tokens, 5 clients, one local step.
 """
 
-from splitft.federated.clock import predict_round
-from splitft.federated.costs import ModelShape, check_fits
-from splitft.federated.devices import device_preset, server_profile
-from splitft.federated.policy import AllocationContext, best_resource_cuts
+from splitft.sim.clock import predict_round
+from splitft.sim.costs import ModelShape, check_fits
+from splitft.sim.devices import device_preset, server_profile
+from splitft.algorithms.policy import AllocationContext, best_resource_cuts
 from splitft.model.loading import smollm2_config
 
 SERVERS = [("idle (20 TFLOP/s)", "idle"), ("2 TFLOP/s", 2e12), ("busy (400 GFLOP/s)", "busy"), ("100 GFLOP/s", 1e11)]

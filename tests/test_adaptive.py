@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splitft.algorithms.lowrank import LORA_ROW_NORM
+from splitft.algorithms.policy import Decision, FixedPolicy
 from splitft.config import Config
 from splitft.errors import ConfigError
-from splitft.federated import devices
-from splitft.federated.costs import ModelShape, client_lora_params, client_memory_bytes
-from splitft.federated.lowrank import LORA_ROW_NORM
-from splitft.federated.policy import Decision, FixedPolicy
 from splitft.model.loading import load_model
 from splitft.model.lora import lora_pairs
-from splitft.train import make_loop, setup
+from splitft.recipes.train import make_loop, setup
+from splitft.sim import devices
+from splitft.sim.costs import ModelShape, client_lora_params, client_memory_bytes
 
 
 @pytest.fixture()

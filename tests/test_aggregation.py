@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splitft.federated.aggregation import ChangeAccumulator
+from splitft.algorithms.aggregation import ChangeAccumulator
 
 A = "model.layers.0.self_attn.q_proj.lora_A.default.weight"  # (r, in)
 B = "model.layers.0.self_attn.q_proj.lora_B.default.weight"  # (out, r)

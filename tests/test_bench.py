@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from splitft.cli import main
-from splitft.federated.codec import WIRE_DTYPES
+from splitft.wire.codec import WIRE_DTYPES
 
 
 @pytest.fixture(scope="module")

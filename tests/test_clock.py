@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitft.errors import ConfigError
-from splitft.federated.clock import ClientWork, VirtualClock, predict_makespan, predict_round, simulate_round
-from splitft.federated.costs import block_forward_flops, eval_flops, heldout_flops
-from splitft.federated.devices import DeviceProfile, device_preset, server_profile
+from splitft.sim.clock import ClientWork, VirtualClock, predict_makespan, predict_round, simulate_round
+from splitft.sim.costs import block_forward_flops, eval_flops, heldout_flops
+from splitft.sim.devices import DeviceProfile, device_preset, server_profile
 from test_devices import smollm2
 
 # Round numbers: the server's link is never the narrower one and adds no latency.

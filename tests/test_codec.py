@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitft.errors import CodecError
-from splitft.federated import codec
-from splitft.federated.codec import (
+from splitft.wire import codec
+from splitft.wire.codec import (
     KINDS,
     ByteLedger,
     Entry,

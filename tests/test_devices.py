@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoConfig
 
 from splitft.errors import ConfigError
-from splitft.federated.costs import (
+from splitft.model.loading import smollm2_config
+from splitft.sim.costs import (
     ModelShape,
     StepCosts,
     block_forward_flops,
@@ -19,14 +20,13 @@ from splitft.federated.costs import (
     max_cut_that_fits,
     unsplit_step_flops,
 )
-from splitft.federated.devices import (
+from splitft.sim.devices import (
     TIERS,
     DeviceProfile,
     device_preset,
     parse_profiles,
     server_profile,
 )
-from splitft.model.loading import smollm2_config
 
 BATCH, SEQ = 4, 128
 

@@ -143,7 +143,7 @@ def test_resume_on_simenv_with_a_failing_site(corpus, tmp_path):
 
     # The same drop in-process gives the same run: the round went on with the survivor and
     # the merge weighted its change alone (weights renormalised over who uploaded).
-    from splitft import train as recipe
+    from splitft.recipes import train as recipe
     from splitft.report.rundir import RunDirectory
 
     cfg = Config.from_toml(run / "config.toml").with_overrides({"runtime": "inprocess"})

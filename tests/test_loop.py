@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from splitft.algorithms.policy import FixedPolicy
 from splitft.config import Config
-from splitft.federated.codec import Entry, bytes_by_kind, decode_message, encode_message, tensor_header_size
-from splitft.federated.loop import RoundLoop
-from splitft.federated.messages import control
-from splitft.federated.policy import FixedPolicy
+from splitft.methods.split_loop import RoundLoop
+from splitft.recipes.train import setup
 from splitft.runtime import InProcessRuntime
-from splitft.train import setup
+from splitft.wire.codec import Entry, bytes_by_kind, decode_message, encode_message, tensor_header_size
+from splitft.wire.messages import control
 
 
 class RecordingRuntime(InProcessRuntime):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitft.federated.lowrank import LORA_ROW_NORM, canonicalize, factored_svd, svd_merge
+from splitft.algorithms.lowrank import LORA_ROW_NORM, canonicalize, factored_svd, svd_merge
 
 
 def pair(rank=6, out=20, inp=12, seed=0):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from splitft.algorithms.optim import AdapterOptimizer, lr_factor
 from splitft.config import TrainConfig
-from splitft.federated.optim import AdapterOptimizer, lr_factor
 
 
 def test_warmup_is_linear_then_schedules_decay_to_zero():

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitft.federated.clock import RoundTiming, predict_round
-from splitft.federated.costs import ModelShape, check_fits
-from splitft.federated.devices import device_preset, server_profile
-from splitft.federated.policy import (
+from splitft.algorithms.policy import (
     AccuracyPolicy,
     AllocationContext,
     FixedPolicy,
@@ -18,6 +15,9 @@ from splitft.federated.policy import (
     best_resource_cuts,
 )
 from splitft.model.loading import smollm2_config
+from splitft.sim.clock import RoundTiming, predict_round
+from splitft.sim.costs import ModelShape, check_fits
+from splitft.sim.devices import device_preset, server_profile
 
 
 def fake_timing(per_client: dict[int, float]) -> RoundTiming:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from splitft.cli import main
-from splitft.compare import Plan, compare, load_preset
+from splitft.cli.compare import Plan, compare, load_preset
 from splitft.config import Config
 from splitft.errors import ConfigError
 

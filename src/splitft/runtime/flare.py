@@ -7,7 +7,7 @@ Only this module and :mod:`splitft.runtime.flare_job` import ``nvflare`` (the op
   ``train``/``resume`` (round loop, main server, fed server, policy, codec, checkpoints), with
   a :class:`FlareRuntime` in place of the in-process one.
 * :class:`SplitFTSite` runs on every client site (``site-1`` .. ``site-N`` are clients 0 ..
-  N-1). It builds its own :class:`~splitft.federated.client.Client` from the job's config and
+  N-1). It builds its own :class:`~splitft.roles.client.Client` from the job's config and
   its site config, and publishes one function, ``handle(method, payload)``, through which the
   loop calls the client's methods with codec bytes. Raw data never leaves the site.
 
@@ -31,8 +31,8 @@ from nvflare.collab import collab
 
 from splitft.config import Config
 from splitft.errors import ConfigError
-from splitft.federated.messages import control, read
 from splitft.runtime.base import CallFailure, Runtime
+from splitft.wire.messages import control, read
 
 if TYPE_CHECKING:
     from splitft.data.prepare import PreparedData
@@ -123,7 +123,7 @@ class FlareRuntime(Runtime):
 def with_site_tiers(cfg: Config, described: Mapping[int, Mapping[str, Any]]) -> Config:
     """``cfg`` with ``devices.clients`` set from the tiers the sites report (others keep the
     job's), so the virtual clock times each client on the device its site declares."""
-    from splitft.federated.devices import device_preset
+    from splitft.sim.devices import device_preset
 
     tiers = {i: d["device"] for i, d in described.items() if d.get("device")}
     if not tiers:
@@ -148,7 +148,7 @@ class SplitFTServer:
 
     @collab.main
     def run(self) -> str:
-        from splitft import train as recipe
+        from splitft.recipes import train as recipe
 
         cfg = Config.from_dict(self.config)
         runtime = FlareRuntime({proxy.name: proxy for proxy in collab.clients}, cfg.call_timeout_s)
@@ -253,7 +253,7 @@ def build_site_client(cfg: Config, index: int, data_path: str = ""):
     """
     from splitft.data.prepare import prepare_data
     from splitft.data.tokenize import TokenizedDataset
-    from splitft.train import setup
+    from splitft.recipes.train import setup
 
     if not data_path:
         return setup(cfg).clients[index]

@@ -100,9 +100,9 @@ def run_job(cfg: Config, out_dir: str | Path, resume_overrides: dict | None = No
     """Run (or, with ``resume_overrides``, resume) the run in ``out_dir`` as a FLARE job.
 
     The FLARE server writes the run directory (on its host: with flare-prod, ``out_dir`` is a
-    path on the server host). Returns the run's :class:`~splitft.train.RunResult`.
+    path on the server host). Returns the run's :class:`~splitft.recipes.train.RunResult`.
     """
-    from splitft.train import RunResult
+    from splitft.recipes.train import RunResult
 
     cfg.validate()
     check(cfg)

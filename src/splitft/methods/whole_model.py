@@ -23,21 +23,21 @@ from collections.abc import Sequence
 
 import torch
 
+from splitft.algorithms.aggregation import Contribution, merge
+from splitft.algorithms.optim import retarget
+from splitft.algorithms.policy import Decision
 from splitft.config import Config
 from splitft.data.tokenize import BatchStream, TokenizedDataset
 from splitft.errors import SplitFTError
-from splitft.federated.aggregation import Contribution, merge
-from splitft.federated.calls import counted_call
-from splitft.federated.clock import RoundTiming, VirtualClock
-from splitft.federated.codec import ByteLedger, Entry, encode_message
-from splitft.federated.loop import RoundResult, sample_clients
-from splitft.federated.messages import adapter_entries, control, read, read_adapters
-from splitft.federated.optim import retarget
-from splitft.federated.policy import Decision
-from splitft.federated.timing import RoundTimer
+from splitft.methods.split_loop import RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters
 from splitft.model.split import SplitModel, token_stats
 from splitft.runtime.base import Runtime
+from splitft.sim.clock import RoundTiming, VirtualClock
+from splitft.sim.timing import RoundTimer
+from splitft.wire.calls import counted_call
+from splitft.wire.codec import ByteLedger, Entry, encode_message
+from splitft.wire.messages import adapter_entries, control, read, read_adapters
 
 
 def pool(parts: Sequence[TokenizedDataset]) -> TokenizedDataset:

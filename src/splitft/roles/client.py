@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from splitft.algorithms.optim import AdapterOptimizer, optimizer_tensors, restore_optimizer, retarget
 from splitft.config import Config
 from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
-from splitft.federated.codec import Entry, encode_message
-from splitft.federated.messages import adapter_entries, control, read, read_adapters
-from splitft.federated.optim import AdapterOptimizer, optimizer_tensors, restore_optimizer, retarget
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel
+from splitft.wire.codec import Entry, encode_message
+from splitft.wire.messages import adapter_entries, control, read, read_adapters
 
 
 class Client:

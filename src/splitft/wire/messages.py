@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
-from splitft.federated.codec import Entry, decode_message, encode_message
 from splitft.model.lora import AdapterLayout, Adapters, pad_to, truncate
+from splitft.wire.codec import Entry, decode_message, encode_message
 
 
 def adapter_entries(adapters: Mapping[str, torch.Tensor], ranks: Mapping[str, int]) -> list[Entry]:

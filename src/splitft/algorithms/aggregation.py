@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splitft.federated.lowrank import svd_merge
+from splitft.algorithms.lowrank import svd_merge
 from splitft.model.lora import Adapters, component_mask, lora_pairs
 
 

@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from splitft.errors import ConfigError
-from splitft.federated.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts, heldout_flops
-from splitft.federated.devices import DeviceProfile
+from splitft.sim.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts, heldout_flops
+from splitft.sim.devices import DeviceProfile
 
 ORDERS = ("parallel", "sequential")
 EVAL_ON = ("server", "client")

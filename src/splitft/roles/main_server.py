@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from splitft.algorithms.aggregation import Contribution
+from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
-from splitft.federated.aggregation import Contribution
-from splitft.federated.codec import Entry, encode_message
-from splitft.federated.messages import read
-from splitft.federated.optim import AdapterOptimizer, retarget
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
+from splitft.wire.codec import Entry, encode_message
+from splitft.wire.messages import read
 
 
 @dataclass

@@ -25,15 +25,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from splitft.algorithms.optim import optimizer_tensors, restore_optimizer
 from splitft.errors import ConfigError
-from splitft.federated.clock import VirtualClock
-from splitft.federated.codec import Entry, encode_message
-from splitft.federated.loop import RoundLoop, client_role
-from splitft.federated.messages import control, read
-from splitft.federated.optim import optimizer_tensors, restore_optimizer
-from splitft.federated.whole_model import WholeModelLoop, WholeModelTrainer
+from splitft.methods.split_loop import RoundLoop, client_role
+from splitft.methods.whole_model import WholeModelLoop, WholeModelTrainer
 from splitft.report.rundir import RunDirectory
 from splitft.runtime.base import CallFailure
+from splitft.sim.clock import VirtualClock
+from splitft.wire.codec import Entry, encode_message
+from splitft.wire.messages import control, read
 
 FOLDER = "checkpoint"
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from splitft.config import Config
-from splitft.federated.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
-from splitft.federated.codec import ByteLedger
-from splitft.federated.costs import (
+from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
+from splitft.sim.costs import (
     ModelShape,
     StepCosts,
     check_fits,
@@ -22,7 +21,8 @@ from splitft.federated.costs import (
     unsplit_step_flops,
     whole_model_memory_bytes,
 )
-from splitft.federated.devices import DeviceProfile, parse_profiles, server_profile
+from splitft.sim.devices import DeviceProfile, parse_profiles, server_profile
+from splitft.wire.codec import ByteLedger
 
 
 def server_speed(value: str) -> str | float:

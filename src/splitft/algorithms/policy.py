@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from splitft.errors import ConfigError
-from splitft.federated.clock import RoundTiming
+from splitft.sim.clock import RoundTiming
 
 
 @dataclass(frozen=True)

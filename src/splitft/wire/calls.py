@@ -7,8 +7,8 @@ job and is recorded with its round and method.
 
 from __future__ import annotations
 
-from splitft.federated.codec import ByteLedger, bytes_by_kind
 from splitft.runtime.base import CallFailure, Runtime
+from splitft.wire.codec import ByteLedger, bytes_by_kind
 
 
 def client_role(client_id: int) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from splitft.federated.aggregation import Contribution
-from splitft.federated.messages import read, read_adapters
+from splitft.algorithms.aggregation import Contribution
 from splitft.model.lora import AdapterLayout, copy_ranks
+from splitft.wire.messages import read, read_adapters
 
 
 class FedServer:

@@ -3,7 +3,7 @@
     splitft bench                        # smollm2-135m, batch 4 x 128 tokens, 10 vs 100 clients
     OMP_NUM_THREADS=1 splitft bench      # on a small shared machine (docs/benchmarks.md says why)
     splitft bench --quick --out b.json   # tiny:llama, 2 repeats, 4 vs 8 clients: a smoke run
-    python -c "import splitft.bench as b; print(b.child_probe('tiny:llama', 4, 'lines.txt'))"  # one probe
+    python -c "import splitft.cli.bench as b; print(b.child_probe('tiny:llama', 4, 'lines.txt'))"  # one probe
 
 1. Step time, interleaved after one warm-up of each: the unsplit LoRA step (whole model, loss,
    backward, one AdamW over every adapter) vs the real split step (``Client.forward_step`` ->
@@ -12,7 +12,7 @@
    client holds between its forward and its backward (its pending graph).
 2. Bytes per step at the cut per wire dtype, checked against ``B*T*d*itemsize + header``.
 3. Memory: one child process per client count, one at a time, builds the system with
-   ``splitft.train.setup`` and runs one round, then reports ``ru_maxrss``. Its batches are 1 x 4
+   ``splitft.recipes.train.setup`` and runs one round, then reports ``ru_maxrss``. Its batches are 1 x 4
    tokens so the round's activations stay small next to the state every client adds (adapters
    + AdamW moments on both sides of its cut), which is what the difference of two counts shows.
 """
@@ -38,18 +38,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from splitft.algorithms.optim import AdapterOptimizer
 from splitft.config import Config
 from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError
-from splitft.federated import codec
-from splitft.federated.client import Client
-from splitft.federated.codec import Entry, encode_message
-from splitft.federated.main_server import MainServer
-from splitft.federated.messages import adapter_entries, control
-from splitft.federated.optim import AdapterOptimizer
 from splitft.model.loading import load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, initial_adapters
 from splitft.model.split import SplitModel, token_stats
+from splitft.roles.client import Client
+from splitft.roles.main_server import MainServer
+from splitft.wire import codec
+from splitft.wire.codec import Entry, encode_message
+from splitft.wire.messages import adapter_entries, control
 
 MB = 1e6
 _CHILD_LENGTH = 4  # tokens per sample in the memory probes (see the module docstring)
@@ -227,7 +227,7 @@ def wire_bytes(batch_size: int, length: int, dim: int) -> dict[str, dict[str, An
 def child_probe(model_name: str, clients: int, corpus: str) -> dict[str, Any]:
     """In a fresh process: build ``clients`` clients and the server, run one round, report the peak."""
     # Imported here: only the probe needs the training stack (data preparation, plots).
-    from splitft.train import make_loop, setup
+    from splitft.recipes.train import make_loop, setup
 
     overrides = {"model.name": model_name, "federation.num_clients": clients, "federation.rounds": 1}
     overrides |= {"data.train": corpus, "data.max_length": _CHILD_LENGTH, "train.batch_size": 1}
@@ -251,7 +251,7 @@ def _run_child(model_name: str, clients: int, corpus: Path) -> dict[str, Any]:
     src = str(Path(__file__).resolve().parents[1])  # so the child imports this very package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     call = f"b.child_probe({model_name!r}, {clients}, {str(corpus)!r})"
-    code = f"import json, splitft.bench as b; print(json.dumps({call}))"
+    code = f"import json, splitft.cli.bench as b; print(json.dumps({call}))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe with {clients} clients failed:\n{proc.stderr[-3000:]}")

@@ -29,7 +29,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from splitft.train import resume, train
+    from splitft.recipes.train import resume, train
 
     if ns.resume:
         if ns.config or ns.out:
@@ -53,7 +53,7 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    from splitft.evaluation import evaluate_adapter
+    from splitft.recipes.evaluate import evaluate_adapter
 
     result = evaluate_adapter(ns.adapter, ns.data, ns.split, ns.max_samples, ns.max_length, ns.batch_size)
     print(json.dumps(result, indent=2))
@@ -61,7 +61,7 @@ def _eval(ns: argparse.Namespace) -> int:
 
 
 def _bench(ns: argparse.Namespace) -> int:
-    from splitft.bench import main as bench_main
+    from splitft.cli.bench import main as bench_main
 
     return bench_main(ns)
 
@@ -93,7 +93,7 @@ def _partition(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from splitft.compare import compare, load_preset, plan_from_vary
+    from splitft.cli.compare import compare, load_preset, plan_from_vary
     from splitft.report.compare import format_table
 
     if ns.preset and ns.config:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitft.errors import ConfigError, ModelError
-from splitft.federated.devices import DeviceProfile
+from splitft.sim.devices import DeviceProfile
 
 FLOAT_BYTES = 4
 WIRE_ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}

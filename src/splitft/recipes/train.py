@@ -3,7 +3,7 @@
 Python API::
 
     from splitft.config import Config
-    from splitft.train import train
+    from splitft.recipes.train import train
 
     cfg = Config().with_overrides({"model.name": "tiny:llama", "federation.rounds": 2})
     result = train(cfg, "runs/demo")
@@ -27,19 +27,13 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from splitft import checkpoint
+from splitft.algorithms.policy import make_policy, resolve_cuts
 from splitft.config import Config
 from splitft.data.prepare import PreparedData, prepare_data
 from splitft.data.tokenize import pad_id_of
 from splitft.errors import ConfigError
-from splitft.federated.client import Client
-from splitft.federated.codec import ByteLedger
-from splitft.federated.evaluate import EvalResult, evaluate
-from splitft.federated.loop import RoundLoop, client_role
-from splitft.federated.main_server import MainServer
-from splitft.federated.policy import make_policy, resolve_cuts
-from splitft.federated.timing import RoundTimer
-from splitft.federated.whole_model import WholeModelLoop, WholeModelTrainer, pool
+from splitft.methods.split_loop import RoundLoop, client_role
+from splitft.methods.whole_model import WholeModelLoop, WholeModelTrainer, pool
 from splitft.model.loading import load_model, load_tokenizer
 from splitft.model.lora import (
     AdapterLayout,
@@ -50,9 +44,15 @@ from splitft.model.lora import (
     initial_adapters,
 )
 from splitft.model.split import SplitModel
+from splitft.recipes import checkpoint
+from splitft.recipes.evaluate import EvalResult, evaluate
 from splitft.report.plots import plot_run
 from splitft.report.rundir import RunDirectory
+from splitft.roles.client import Client
+from splitft.roles.main_server import MainServer
 from splitft.runtime import InProcessRuntime, Runtime
+from splitft.sim.timing import RoundTimer
+from splitft.wire.codec import ByteLedger
 
 SPLIT_METHODS = ("splitft", "sfl-fixed")
 """Methods that split the model (the others train it whole: fedlora, centralized)."""

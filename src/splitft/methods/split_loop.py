@@ -26,20 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from splitft.algorithms.aggregation import merge
+from splitft.algorithms.lowrank import canonicalize
+from splitft.algorithms.policy import AllocationContext, AllocationPolicy, Decision, accuracy_weights
 from splitft.config import Config, LoraConfig
 from splitft.errors import SplitFTError
-from splitft.federated.aggregation import merge
-from splitft.federated.calls import client_role, counted_call
-from splitft.federated.clock import RoundTiming, VirtualClock
-from splitft.federated.codec import ByteLedger, Entry, encode_message
-from splitft.federated.fed_server import FedServer
-from splitft.federated.lowrank import canonicalize
-from splitft.federated.main_server import MainServer
-from splitft.federated.messages import adapter_entries, control
-from splitft.federated.policy import AllocationContext, AllocationPolicy, Decision, accuracy_weights
-from splitft.federated.timing import RoundTimer
 from splitft.model.lora import AdapterLayout, Adapters, copy_ranks, lora_pairs
+from splitft.roles.fed_server import FedServer
+from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
+from splitft.sim.clock import RoundTiming, VirtualClock
+from splitft.sim.timing import RoundTimer
+from splitft.wire.calls import client_role, counted_call
+from splitft.wire.codec import ByteLedger, Entry, encode_message
+from splitft.wire.messages import adapter_entries, control
 
 __all__ = ["RoundLoop", "RoundResult", "client_role", "sample_clients"]
 
