@@ -11,7 +11,7 @@ from splitft.config import Config
 from splitft.errors import ConfigError
 from splitft.model.loading import load_model
 from splitft.model.lora import lora_pairs
-from splitft.recipes.train import make_loop, setup
+from splitft.recipes.experiment import local_runtime, setup
 from splitft.sim import devices
 from splitft.sim.costs import ModelShape, client_lora_params, client_memory_bytes
 
@@ -36,10 +36,20 @@ def experiment(lines, **overrides):
     return setup(Config().with_overrides({**base, **overrides}))
 
 
+def make_loop(exp):
+    """The method's loop over in-process clients."""
+    return exp.method.make_loop(exp, local_runtime(exp))
+
+
+def client(loop, i):
+    return loop.runtime.roles[f"client-{i}"]
+
+
 class ScriptedPolicy:
     """Cuts given per round, to drive re-allocation deterministically."""
 
     name = "scripted"
+    uses_accuracy = False
 
     def __init__(self, plan):
         self.plan = plan
@@ -48,8 +58,8 @@ class ScriptedPolicy:
         return [Decision(c, "scripted") for c in self.plan[ctx.round_number]]
 
 
-def updates(exp, names):
-    g = exp.main_server.global_adapters
+def updates(loop, names):
+    g = loop.global_adapters
     return {a: g[b] @ g[a] for a, b in lora_pairs(names)}
 
 
@@ -59,14 +69,14 @@ def test_new_cut_blocks_are_canonical_and_the_model_is_unchanged(lines):
     loop.policy = ScriptedPolicy({1: [1, 1, 1], 2: [2, 2, 2]})
     loop.run_round(1)
     names = exp.layout.names([1, 2])  # blocks that become cut blocks in round 2
-    before = updates(exp, names)
+    before = updates(loop, names)
     loop.cfg.federation.local_steps = 0  # only the re-allocation happens in round 2
     result = loop.run_round(2)
     assert result.canonicalized == [2]  # block 1 already was a (server-side) cut block
-    after = updates(exp, names)
+    after = updates(loop, names)
     for name in before:
         assert torch.allclose(before[name], after[name], atol=1e-6)
-    g = exp.main_server.global_adapters
+    g = loop.global_adapters
     for a_name, _ in lora_pairs(exp.layout.names([2])):
         norms = g[a_name].norm(dim=1)
         assert torch.allclose(norms, torch.full_like(norms, LORA_ROW_NORM), atol=1e-5)
@@ -77,15 +87,15 @@ def test_optimizer_state_is_reset_only_for_canonicalized_tensors(lines):
     loop = make_loop(exp)
     loop.policy = ScriptedPolicy({1: [3, 3, 3], 2: [2, 3, 3]})
     loop.run_round(1)
-    client = exp.clients[1]
-    state = client.optimizer.optimizer.state
+    one = client(loop, 1)
+    state = one.optimizer.optimizer.state
     keep = exp.layout.names([0])[0]  # block 0 stays client-side and is never a cut block
     touched = exp.layout.names([1])[0]  # block 1 becomes client 0's cut block in round 2
-    assert client.params[keep] in state and client.params[touched] in state
+    assert one.params[keep] in state and one.params[touched] in state
     loop.run_round(2)
     # block 1 was canonicalised at the start of round 2: its state restarted (one step since)
-    assert state[client.params[touched]]["step"] == 1
-    assert state[client.params[keep]]["step"] == 2
+    assert state[one.params[touched]]["step"] == 1
+    assert state[one.params[keep]]["step"] == 2
 
 
 def test_rank_cut_components_of_cut_blocks_are_untouched_when_only_rank_cut_trains(lines):
@@ -93,9 +103,9 @@ def test_rank_cut_components_of_cut_blocks_are_untouched_when_only_rank_cut_trai
     exp = experiment(lines, **{"split.cuts": "2"})
     loop = make_loop(exp)
     loop.run_round(1)  # canonicalises blocks 1 and 2 first
-    g0 = {n: t.clone() for n, t in exp.main_server.global_adapters.items()}
+    g0 = {n: t.clone() for n, t in loop.global_adapters.items()}
     loop.run_round(2)
-    g1 = exp.main_server.global_adapters
+    g1 = loop.global_adapters
     for name in exp.layout.names([1, 2]):
         rows = slice(4, None)
         old, new = (
@@ -110,11 +120,11 @@ def test_svd_mode_stores_canonical_pairs_and_reports_truncation(lines):
     loop = make_loop(exp)
     result = loop.run_round(1)
     assert result.truncation_error >= 0
-    g = exp.main_server.global_adapters
+    g = loop.global_adapters
     for a_name, _ in lora_pairs(g):
         norms = g[a_name].norm(dim=1)
         assert torch.allclose(norms, torch.full_like(norms, LORA_ROW_NORM), atol=1e-5)
-    state = exp.clients[0].optimizer.optimizer.state
+    state = client(loop, 0).optimizer.optimizer.state
     loop.run_round(2)
     assert all(s["step"] == 1 for s in state.values())  # svd: state restarts every round
 
@@ -178,20 +188,20 @@ def test_a_tensor_whose_rank_drops_loses_its_moments(lines):
     loop = make_loop(exp)
     loop.policy = ScriptedPolicy({1: [3, 3, 3], 2: [2, 3, 3]})
     loop.run_round(1)
-    client = exp.clients[0]
+    zero = client(loop, 0)
     name = exp.layout.names([1])[0]
-    tensor = client.params[name]
-    assert tensor in client.optimizer.optimizer.state
+    tensor = zero.params[name]
+    assert tensor in zero.optimizer.optimizer.state
     loop.cfg.federation.local_steps = 0
     loop.run_round(2)
-    assert tensor not in client.optimizer.optimizer.state
+    assert tensor not in zero.optimizer.optimizer.state
 
 
 def test_every_client_failing_stops_the_run(lines):
     from splitft.errors import SplitFTError
 
-    exp = experiment(lines)
-    for client in exp.clients:
-        client.forward_step = lambda payload: (_ for _ in ()).throw(RuntimeError("device lost"))
+    loop = make_loop(experiment(lines))
+    for role in loop.runtime.roles.values():
+        role.forward_step = lambda payload: (_ for _ in ()).throw(RuntimeError("device lost"))
     with pytest.raises(SplitFTError, match="every client failed.*device lost"):
-        make_loop(exp).run_round(1)
+        loop.run_round(1)

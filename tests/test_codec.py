@@ -1,4 +1,4 @@
-"""Tests of the wire codec: tensor and message round trips, byte accounting, defect detection, ledger."""
+"""Tests of the wire codec: tensor and message round trips, byte accounting, defect detection."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from splitft.errors import CodecError
 from splitft.wire import codec
 from splitft.wire.codec import (
     KINDS,
-    ByteLedger,
     Entry,
     decode_message,
     decode_tensor,
@@ -220,65 +219,6 @@ def test_encode_message_rejects_bad_entries() -> None:
         encode_message([Entry("x", "control", 1), Entry("x", "control", 2)])
     with pytest.raises(ValueError, match="JSON-able"):
         encode_message([Entry("x", "control", {"a": object()})])
-
-
-def test_ledger_totals_match_recorded_messages() -> None:
-    ledger = ByteLedger()
-    sent: list[tuple[int, int, str, dict[str, int]]] = []
-    for rnd in range(2):
-        for client in range(3):
-            up = encode_message([Entry("h", "activations", torch.randn(2, 4, 8 + client))]).bytes_by_kind
-            down = encode_message(
-                [Entry("g", "gradients", torch.randn(2, 4), wire_dtype="fp16")]
-            ).bytes_by_kind
-            ledger.record(rnd, client, "up", up)
-            ledger.record(rnd, client, "down", down)
-            sent += [(rnd, client, "up", up), (rnd, client, "down", down)]
-
-    def total(rows: list[tuple[int, int, str, dict[str, int]]], direction: str) -> int:
-        return sum(sum(k.values()) for _, _, d, k in rows if d == direction)
-
-    r1 = [s for s in sent if s[0] == 1]
-    totals = ledger.round_totals(1)
-    assert totals["bytes_up"] == total(r1, "up") and totals["bytes_down"] == total(r1, "down")
-    assert totals["bytes_by_kind"] == {kind: sum(k[kind] for *_, k in r1) for kind in KINDS}
-    assert ledger.totals()["bytes_up"] + ledger.totals()["bytes_down"] == total(sent, "up") + total(
-        sent, "down"
-    )
-    assert ledger.totals()["bytes_by_kind"]["labels"] == 0  # absent kinds are present as zeros
-    assert ledger.round_totals(7) == {
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "bytes_by_kind": dict.fromkeys(KINDS, 0),
-    }
-    per_client = ledger.by_client(round=0)
-    assert per_client[2] == {"up": total([s for s in sent if s[:2] == (0, 2)], "up"),
-                             "down": total([s for s in sent if s[:2] == (0, 2)], "down")}  # fmt: skip
-    assert sum(c["up"] + c["down"] for c in ledger.by_client().values()) == total(sent, "up") + total(
-        sent, "down"
-    )
-
-
-def test_ledger_to_dict_from_dict_round_trips_through_json() -> None:
-    ledger = ByteLedger()
-    ledger.record(0, 1, "up", {"activations": 100, "control": 20})
-    ledger.record(1, 0, "down", {"gradients": 50})
-    restored = ByteLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
-    assert restored.to_dict() == ledger.to_dict()
-    assert restored.totals() == ledger.totals()
-    assert restored.by_client() == {1: {"up": 120, "down": 0}, 0: {"up": 0, "down": 50}}
-
-
-def test_ledger_rejects_bad_direction_kind_and_dict() -> None:
-    ledger = ByteLedger()
-    with pytest.raises(ValueError, match="up, down"):
-        ledger.record(0, 0, "sideways", {})
-    with pytest.raises(ValueError, match="activations"):
-        ledger.record(0, 0, "up", {"weights": 3})
-    with pytest.raises(ValueError, match="non-negative"):
-        ledger.record(0, 0, "up", {"control": -1})
-    with pytest.raises(ValueError, match="ByteLedger"):
-        ByteLedger.from_dict({"rows": []})
 
 
 def test_codec_never_uses_pickle_or_torch_load() -> None:

@@ -93,7 +93,7 @@ def test_simenv_equals_inprocess(corpus, inprocess, tmp_path):
     assert Config.from_toml(flare / "config.toml").devices.clients == ["phone-low", "phone-high"]
     # The checkpoint's client state came from the sites as codec bytes: same tensors.
     a, b = (load_file(str(d / "checkpoint" / "tensors.safetensors")) for d in (inprocess, flare))
-    assert a.keys() == b.keys() and any(k.startswith("client1/exp_avg/") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("loop/clients/1/optimizer/exp_avg/") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
@@ -144,13 +144,14 @@ def test_resume_on_simenv_with_a_failing_site(corpus, tmp_path):
     # The same drop in-process gives the same run: the round went on with the survivor and
     # the merge weighted its change alone (weights renormalised over who uploaded).
     from splitft.recipes import train as recipe
+    from splitft.recipes.experiment import local_runtime, setup
     from splitft.report.rundir import RunDirectory
 
     cfg = Config.from_toml(run / "config.toml").with_overrides({"runtime": "inprocess"})
-    exp = recipe.setup(cfg)
-    exp.runtime = FailingRuntime(exp.runtime.roles, 1, "forward_step", 2)
+    exp = setup(cfg)
+    runtime = FailingRuntime(local_runtime(exp).roles, 1, "forward_step", 2)
     local = RunDirectory.create(tmp_path / "inprocess")
-    recipe.fit(exp, local, progress=False)
+    recipe.fit(exp, exp.method.make_loop(exp, runtime), local, progress_bar=False)
     assert_same_run(local.path, run)
 
 

@@ -7,8 +7,7 @@ import torch
 
 from splitft.algorithms.policy import FixedPolicy
 from splitft.config import Config
-from splitft.methods.split_loop import RoundLoop
-from splitft.recipes.train import setup
+from splitft.recipes.experiment import local_runtime, setup
 from splitft.runtime import InProcessRuntime
 from splitft.wire.codec import Entry, bytes_by_kind, decode_message, encode_message, tensor_header_size
 from splitft.wire.messages import control
@@ -50,16 +49,19 @@ def experiment(tmp_path):
             "split.cuts": "1,2,3",
         }
     )
-    return setup(cfg)
+    exp = setup(cfg)
+    return exp, local_runtime(exp)
 
 
 def make_loop(exp, runtime, policy=None):
-    policy = policy or FixedPolicy(exp.cuts)
-    return RoundLoop(exp.cfg, exp.layout, runtime, exp.main_server, policy, exp.ledger, exp.timer, exp.cuts)
+    loop = exp.method.make_loop(exp, runtime)
+    loop.policy = policy or FixedPolicy(exp.cuts)
+    return loop
 
 
 def test_bytes_counted_equal_bytes_sent(experiment):
-    runtime = RecordingRuntime(experiment.runtime.roles)
+    experiment, local = experiment
+    runtime = RecordingRuntime(local.roles)
     loop = make_loop(experiment, runtime)
     for r in (1, 2):
         loop.run_round(r)
@@ -71,10 +73,11 @@ def test_bytes_counted_equal_bytes_sent(experiment):
 
 @pytest.mark.parametrize("dtype, itemsize", [("fp32", 4), ("fp16", 2), ("bf16", 2)])
 def test_activation_bytes_are_btd_itemsize_plus_header(experiment, dtype, itemsize):
+    experiment, local = experiment
     experiment.cfg.codec.activation_dtype = dtype
-    client = experiment.clients[1]
+    client = local.roles["client-1"]
     cut = 2
-    start = experiment.main_server.global_adapters
+    start = experiment.initial
     client.begin_round(encode_message([Entry("control", "control", {"cut": cut, "round": 1})]).data)
     assert set(client.params) == set(experiment.layout.names(range(cut)))
     assert all(torch.equal(client.params[n], torch.zeros_like(start[n])) for n in client.params)
@@ -86,7 +89,8 @@ def test_activation_bytes_are_btd_itemsize_plus_header(experiment, dtype, itemsi
 
 
 def test_a_failing_client_is_dropped_and_the_round_completes(experiment):
-    runtime = RecordingRuntime(experiment.runtime.roles, fail=("client-1", "forward_step"))
+    experiment, local = experiment
+    runtime = RecordingRuntime(local.roles, fail=("client-1", "forward_step"))
     loop = make_loop(experiment, runtime)
     first = loop.run_round(1)
     assert first.clients == [0, 2]
@@ -97,8 +101,9 @@ def test_a_failing_client_is_dropped_and_the_round_completes(experiment):
 
 
 def test_clients_per_round_samples_deterministically(experiment):
+    experiment, local = experiment
     experiment.cfg.federation.clients_per_round = 2
-    loop = make_loop(experiment, experiment.runtime)
+    loop = make_loop(experiment, local)
     picks = [loop.sample_clients(r) for r in range(1, 6)]
     assert all(len(p) == 2 for p in picks)
     assert picks == [loop.sample_clients(r) for r in range(1, 6)]
@@ -106,11 +111,12 @@ def test_clients_per_round_samples_deterministically(experiment):
 
 
 def test_round_changes_only_adapters_and_merges_into_global(experiment):
-    loop = make_loop(experiment, experiment.runtime)
-    before = {n: t.clone() for n, t in experiment.main_server.global_adapters.items()}
+    experiment, local = experiment
+    loop = make_loop(experiment, local)
+    before = {n: t.clone() for n, t in loop.global_adapters.items()}
     frozen = {n: p.clone() for n, p in experiment.model.model.named_parameters() if "lora_" not in n}
     loop.run_round(1)
-    after = experiment.main_server.global_adapters
+    after = loop.global_adapters
     assert any(not torch.equal(before[n], after[n]) for n in before)
     for n, p in experiment.model.model.named_parameters():
         if n in frozen:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from splitft.cli import main
 from splitft.config import Config
 from splitft.errors import ConfigError
-from splitft.methods.whole_model import WholeModelTrainer
+from splitft.roles.trainer import WholeModelTrainer
 from splitft.wire.messages import read as proto_read
 
 from _models import tiny_split

@@ -24,6 +24,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomli_w
 
 from splitft.errors import ConfigError
+from splitft.registry import METHODS, POLICIES, RUNTIMES
 
 try:
     import tomllib
@@ -35,13 +36,10 @@ except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
 SCHEDULES = ("constant", "linear", "cosine")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("fedavg", "svd")
-RUNTIMES = ("inprocess", "flare-sim", "flare-poc", "flare-prod")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITIONS = ("iid", "length-dirichlet")
-POLICIES = ("fixed", "accuracy", "resource", "splitft")
 DEVICE_PRESETS = ("homogeneous", "hetero")
 CLOCK_ORDERS = ("parallel", "sequential")
-METHODS = ("splitft", "sfl-fixed", "fedlora", "centralized")
 CUT_RANK_SIDES = ("none", "client", "both")
 
 
@@ -362,9 +360,9 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     n, r_others = cfg.federation.num_clients, cfg.lora.r_others
     # fmt: off
     choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
-               "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES,
-               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES,
-               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS,
+               "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
+               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
+               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
                "lora.cut_rank_sides": CUT_RANK_SIDES}
     # fmt: on
     return [
@@ -382,21 +380,10 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
 
 
 def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
-    """sfl-fixed is one cut for every client, kept all run long."""
-    if cfg.method != "sfl-fixed":
-        return []
-    return [
-        (
-            "policy.name",
-            lambda v: v == "fixed",
-            "must be 'fixed' with method = 'sfl-fixed' (use method = 'splitft' for cuts that move)",
-        ),
-        (
-            "split.cuts",
-            lambda v: len(set(v)) == 1,
-            "must give one cut for every client with method = 'sfl-fixed', e.g. [2]",
-        ),
-    ]
+    """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
+    if cfg.method not in METHODS.names():
+        return []  # reported by the choice rule above
+    return METHODS.get(cfg.method).config_rules(cfg)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -71,6 +71,29 @@ class AdapterOptimizer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"param": {name: tensor}, "exp_avg": {...}, "exp_avg_sq": {...}, "step": {...}}``:
+        all a checkpoint needs to rebuild this optimizer exactly (a tensor without moments has
+        none yet, or had them reset)."""
+        out: dict[str, dict[str, torch.Tensor]] = {"param": {}}
+        for name, tensor in self.params.items():
+            out["param"][name] = tensor.detach()
+            for key, value in self.optimizer.state.get(tensor, {}).items():
+                out.setdefault(key, {})[name] = torch.as_tensor(value)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Copy the values and moments of :meth:`state_dict` back in place."""
+        with torch.no_grad():
+            for name, tensor in self.params.items():
+                tensor.copy_(state["param"][name])
+                moments = {
+                    k: state[k][name].to(tensor.device).clone() for k in MOMENTS if name in state.get(k, {})
+                }
+                self.optimizer.state.pop(tensor, None)
+                if moments:
+                    self.optimizer.state[tensor] = moments
+
 
 def retarget(
     params: dict[str, torch.Tensor],
@@ -95,29 +118,3 @@ def retarget(
 
 MOMENTS = ("exp_avg", "exp_avg_sq", "step")
 """AdamW's per-tensor state, as saved in checkpoints and exported by clients."""
-
-
-def optimizer_tensors(prefix: str, optimizer: AdapterOptimizer) -> dict[str, torch.Tensor]:
-    """``{prefix}/param/{name}`` and ``{prefix}/{moment}/{name}`` of every tensor: all a
-    checkpoint needs to rebuild the optimizer exactly."""
-    out = {}
-    for name, tensor in optimizer.params.items():
-        out[f"{prefix}/param/{name}"] = tensor.detach()
-        for key, value in optimizer.optimizer.state.get(tensor, {}).items():
-            out[f"{prefix}/{key}/{name}"] = torch.as_tensor(value)
-    return out
-
-
-def restore_optimizer(prefix: str, optimizer: AdapterOptimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Copy the values and moments written by :func:`optimizer_tensors` back in place."""
-    with torch.no_grad():
-        for name, tensor in optimizer.params.items():
-            tensor.copy_(tensors[f"{prefix}/param/{name}"])
-            state = {
-                k: tensors[f"{prefix}/{k}/{name}"].clone()
-                for k in MOMENTS
-                if f"{prefix}/{k}/{name}" in tensors
-            }
-            optimizer.optimizer.state.pop(tensor, None)
-            if state:
-                optimizer.optimizer.state[tensor] = state

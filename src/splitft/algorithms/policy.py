@@ -1,4 +1,4 @@
-"""Allocation policies: who cuts where, decided before every round (design.md 2.7).
+"""Allocation policies: who cuts where, decided before every round (docs/architecture.md, D7).
 
 A policy sees an :class:`AllocationContext` (last round's cuts, each client's held-out
 accuracy of the global model, each device's memory bound, and a predictor of the round's
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from splitft.errors import ConfigError
 from splitft.sim.clock import RoundTiming
+
+if TYPE_CHECKING:
+    from splitft.config import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class AllocationContext:
 
 class AllocationPolicy(Protocol):
     name: str
+    uses_accuracy: bool
+    """Whether it steers with held-out accuracy (the loop then runs the held-out check)."""
 
     def allocate(self, ctx: AllocationContext) -> list[Decision]:
         """One decision per client (client order) for the round ``ctx.round_number``."""
@@ -85,9 +90,14 @@ class FixedPolicy:
     """The same cuts every round."""
 
     name = "fixed"
+    uses_accuracy = False
 
     def __init__(self, cuts: list[int]) -> None:
         self.cuts = list(cuts)
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig, start_cuts: list[int]) -> FixedPolicy:
+        return cls(start_cuts)
 
     def allocate(self, ctx: AllocationContext) -> list[Decision]:
         return [Decision(cut, "fixed by split.cuts") for cut in self.cuts]
@@ -114,10 +124,15 @@ class AccuracyPolicy:
     """The paper's accuracy rule, one block per round, within memory."""
 
     name = "accuracy"
+    uses_accuracy = True
 
     def __init__(self, gamma: float, tolerance: float) -> None:
         self.gamma = gamma
         self.tolerance = tolerance
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig, start_cuts: list[int]) -> AccuracyPolicy:
+        return cls(cfg.gamma, cfg.tolerance)
 
     def allocate(self, ctx: AllocationContext) -> list[Decision]:
         weights = accuracy_weights(ctx.accuracy, self.gamma)
@@ -175,6 +190,11 @@ class ResourcePolicy:
     """Minimise the predicted round makespan within every device's memory."""
 
     name = "resource"
+    uses_accuracy = False
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig, start_cuts: list[int]) -> ResourcePolicy:
+        return cls()
 
     def allocate(self, ctx: AllocationContext) -> list[Decision]:
         cuts, timing = best_resource_cuts(ctx)
@@ -188,11 +208,16 @@ class SplitFTPolicy:
     """Resource and memory bound each client's range; accuracy steers inside it."""
 
     name = "splitft"
+    uses_accuracy = True
 
     def __init__(self, gamma: float, tolerance: float, slack: float) -> None:
         self.gamma = gamma
         self.tolerance = tolerance
         self.slack = slack
+
+    @classmethod
+    def from_config(cls, cfg: PolicyConfig, start_cuts: list[int]) -> SplitFTPolicy:
+        return cls(cfg.gamma, cfg.tolerance, cfg.slack)
 
     def ranges(self, ctx: AllocationContext) -> tuple[list[int], list[tuple[int, int]], float]:
         """Resource cuts, each client's allowed range, and the best predicted makespan."""
@@ -222,19 +247,3 @@ class SplitFTPolicy:
             new = min(max(start + accuracy_step(w, self.tolerance), low), high)
             decisions.append(Decision(new, f"w={w:.3f}: {_moved(ctx.previous[i], new)} in {span}", w))
         return decisions
-
-
-POLICY_NAMES = ("fixed", "accuracy", "resource", "splitft")
-
-
-def make_policy(name: str, cuts: list[int], gamma: float, tolerance: float, slack: float) -> AllocationPolicy:
-    """The policy called ``name`` (``policy.name`` in the config)."""
-    if name == "fixed":
-        return FixedPolicy(cuts)
-    if name == "accuracy":
-        return AccuracyPolicy(gamma, tolerance)
-    if name == "resource":
-        return ResourcePolicy()
-    if name == "splitft":
-        return SplitFTPolicy(gamma, tolerance, slack)
-    raise ConfigError(f"policy.name = {name!r}; allowed: {', '.join(POLICY_NAMES)}")

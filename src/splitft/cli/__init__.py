@@ -29,7 +29,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from splitft.recipes.train import resume, train
+    from splitft.launch import resume, train
 
     if ns.resume:
         if ns.config or ns.out:

@@ -12,7 +12,7 @@
    client holds between its forward and its backward (its pending graph).
 2. Bytes per step at the cut per wire dtype, checked against ``B*T*d*itemsize + header``.
 3. Memory: one child process per client count, one at a time, builds the system with
-   ``splitft.recipes.train.setup`` and runs one round, then reports ``ru_maxrss``. Its batches are 1 x 4
+   ``splitft.recipes.experiment.setup`` and runs one round, then reports ``ru_maxrss``. Its batches are 1 x 4
    tokens so the round's activations stay small next to the state every client adds (adapters
    + AdamW moments on both sides of its cut), which is what the difference of two counts shows.
 """
@@ -120,11 +120,11 @@ class StepBench:
 
     def split_step(self) -> tuple[Callable[[int], None], Callable[[], int]]:
         """The split step, and a probe that runs one and returns the client's pending-graph bytes."""
-        server = MainServer(self.model, self.layout, self.cfg, self.adapters)
+        server = MainServer(self.model, self.layout, self.cfg)
         client = Client(0, self.model, self.layout, self.data, self.cfg, self.pad_id)
         ranks = copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.client_cut_rank)
         entries = adapter_entries({n: self.adapters[n] for n in ranks}, ranks)
-        server.begin_round(0, self.cut)
+        server.begin_round(0, self.cut, self.adapters)
         client.begin_round(encode_message([*entries, Entry("control", "control", {"cut": self.cut})]).data)
 
         def step(i: int, during_forward: contextlib.AbstractContextManager | None = None) -> None:
@@ -227,15 +227,15 @@ def wire_bytes(batch_size: int, length: int, dim: int) -> dict[str, dict[str, An
 def child_probe(model_name: str, clients: int, corpus: str) -> dict[str, Any]:
     """In a fresh process: build ``clients`` clients and the server, run one round, report the peak."""
     # Imported here: only the probe needs the training stack (data preparation, plots).
-    from splitft.recipes.train import make_loop, setup
+    from splitft.recipes.experiment import local_runtime, setup
 
     overrides = {"model.name": model_name, "federation.num_clients": clients, "federation.rounds": 1}
     overrides |= {"data.train": corpus, "data.max_length": _CHILD_LENGTH, "train.batch_size": 1}
     cfg = Config().with_overrides(overrides)
     start = time.perf_counter()
     exp = setup(cfg)
+    loop = exp.method.make_loop(exp, local_runtime(exp))
     built = time.perf_counter()
-    loop = make_loop(exp)
     result = loop.run_round(1)
     if result.dropped:
         raise RuntimeError(f"clients dropped during the probe round: {result.dropped}")

@@ -29,6 +29,8 @@ from typing import Any
 
 from splitft.config import Config, load_toml
 from splitft.errors import ConfigError
+from splitft.launch import resume, train
+from splitft.recipes.train import RESUME_OVERRIDES
 from splitft.report.compare import compare_runs
 from splitft.report.rundir import RunDirectory
 
@@ -149,8 +151,6 @@ def find_run(config: Config, folder: Path) -> Path | None:
 def _existing_changes(run_dir: Path, cfg: Config) -> dict[str, Any]:
     """What must change in the run already in ``run_dir`` to make it ``cfg``'s run ({} when it
     is that run or there is none); a ConfigError when a resume cannot make that change."""
-    from splitft.recipes.train import RESUME_OVERRIDES
-
     stored = run_dir / "config.toml"
     if not stored.is_file():
         return {}
@@ -183,8 +183,6 @@ def compare(
     With ``reuse``, a run whose exact config already finished somewhere under that folder
     (another preset's run, say) is copied instead of trained again.
     """
-    from splitft.recipes.train import resume, train
-
     out = Path(out_dir)
     labels = [label for label, _ in plan.runs]
     folders = [folder_name(label) for label in labels]

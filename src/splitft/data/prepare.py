@@ -35,7 +35,14 @@ from splitft.data.partition import (
 from splitft.data.tokenize import TokenizedDataset, pack, tokenize
 from splitft.errors import ConfigError, DataError
 
-__all__ = ["PARTITIONS", "PartitionedData", "PreparedData", "partition_data", "prepare_data"]
+__all__ = [
+    "PARTITIONS",
+    "PartitionedData",
+    "PreparedData",
+    "partition_data",
+    "prepare_client_data",
+    "prepare_data",
+]
 
 log = logging.getLogger("splitft.data")
 
@@ -231,6 +238,28 @@ def _eos_for_packing(tokenizer: Any, response_only: bool) -> int:
     return eos
 
 
+def _client_part(
+    staged: PartitionedData, cfg: DataConfig, seed: int, client: int, eos: int | None
+) -> tuple[TokenizedDataset, TokenizedDataset, TokenizedDataset]:
+    """Client ``client``'s samples, what it trains on (packed when ``eos`` is given) and its
+    held-out part."""
+    keep, held = heldout_split(staged.parts[client], cfg.heldout_fraction, seed=(seed, _TAG_HELDOUT, client))
+    own, held_ds = staged.train.subset(keep), staged.train.subset(held)
+    return own, (own if eos is None else pack(own, cfg.max_length, eos)), held_ds
+
+
+def prepare_client_data(
+    cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int, client: int
+) -> tuple[TokenizedDataset, TokenizedDataset]:
+    """What :func:`prepare_data` gives client ``client`` (its training data, its held-out part),
+    building no other client's: a FLARE site that simulates a share of one corpus. The
+    partition itself is computed over the whole training set, as it depends on every sample."""
+    staged = partition_data(cfg, tokenizer, num_clients, seed)
+    eos = _eos_for_packing(tokenizer, staged.response_only) if cfg.pack else None
+    _, trains_on, held_ds = _client_part(staged, cfg, seed, client, eos)
+    return trains_on, held_ds
+
+
 def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -> PreparedData:
     """Load, split, tokenize, partition and (``cfg.pack``) pack the data of a run.
 
@@ -240,10 +269,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -
     staged = partition_data(cfg, tokenizer, num_clients, seed)
     eos = _eos_for_packing(tokenizer, staged.response_only) if cfg.pack else None
     clients, heldout, client_facts = [], [], []
-    for client, part in enumerate(staged.parts):
-        keep, held = heldout_split(part, cfg.heldout_fraction, seed=(seed, _TAG_HELDOUT, client))
-        own, held_ds = staged.train.subset(keep), staged.train.subset(held)
-        trains_on = own if eos is None else pack(own, cfg.max_length, eos)
+    for client in range(num_clients):
+        own, trains_on, held_ds = _client_part(staged, cfg, seed, client, eos)
         clients.append(trains_on)
         heldout.append(held_ds)
         client_facts.append(

@@ -1,16 +1,18 @@
-"""The round loop (design.md 2.1-2.8), written only against the runtime interface.
+"""The round loop of split learning (docs/architecture.md, "One round"), written only against
+the runtime interface.
 
 One round:
 
 1. the policy picks every client's cut (from last round's cuts, held-out accuracies, memory
    bounds and the predicted round time);
-2. blocks that just became cut blocks are put in canonical form, so their first ``r_cut``
-   components are the best rank-``r_cut`` approximation; optimizer state is reset for them
-   (and for everything in ``svd`` mode, where every merge changes the basis);
+2. blocks that just became cut blocks are put in canonical form (by the fed server, which owns
+   the global set), so their first ``r_cut`` components are the best rank-``r_cut``
+   approximation; optimizer state is reset for them (and for everything in ``svd`` mode,
+   where every merge changes the basis);
 3. the sampled clients get the global adapters of their blocks (unless they already hold
    them) and run ``local_steps`` split steps: client forward -> main server forward/backward
    -> client backward;
-4. clients upload their adapters; the fed server and the main server merge all changes;
+4. clients upload their adapters; the fed server merges them with the main server's copies;
 5. when the policy uses accuracy, every participant scores the new global set on its
    held-out part (a split forward, so it is counted like any other traffic);
 6. the virtual clock times the round from what happened (step shapes, codec bytes).
@@ -21,57 +23,23 @@ byte ledger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import numpy as np
-
-from splitft.algorithms.aggregation import merge
-from splitft.algorithms.lowrank import canonicalize
-from splitft.algorithms.policy import AllocationContext, AllocationPolicy, Decision, accuracy_weights
+from splitft.algorithms.policy import AllocationContext, AllocationPolicy, accuracy_weights
 from splitft.config import Config, LoraConfig
 from splitft.errors import SplitFTError
-from splitft.model.lora import AdapterLayout, Adapters, copy_ranks, lora_pairs
+from splitft.methods.base import RoundResult, sample_clients
+from splitft.model.lora import AdapterLayout, Adapters, copy_ranks
 from splitft.roles.fed_server import FedServer
 from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
-from splitft.sim.clock import RoundTiming, VirtualClock
+from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
-from splitft.wire.calls import client_role, counted_call
-from splitft.wire.codec import ByteLedger, Entry, encode_message
-from splitft.wire.messages import adapter_entries, control
-
-__all__ = ["RoundLoop", "RoundResult", "client_role", "sample_clients"]
-
-
-def sample_clients(cfg: Config, alive: Sequence[int], round_number: int) -> list[int]:
-    """The clients taking part in a round: a sample of ``alive`` seeded by the round."""
-    k = cfg.federation.clients_per_round or len(alive)
-    if k >= len(alive):
-        return list(alive)
-    rng = np.random.default_rng([cfg.seed, round_number])
-    return sorted(int(i) for i in rng.choice(alive, size=k, replace=False))
-
-
-@dataclass
-class RoundResult:
-    """What one round did, before test evaluation."""
-
-    round: int
-    cuts: list[int]
-    clients: list[int]
-    train_loss: float | None
-    train_tokens: int
-    decisions: list[Decision]
-    timing: RoundTiming
-    virtual_s: float
-    accuracy: dict[int, float] = field(default_factory=dict)
-    weights: dict[int, float] = field(default_factory=dict)
-    canonicalized: list[int] = field(default_factory=list)
-    truncation_error: float = 0.0
-    dropped: list[dict] = field(default_factory=list)
-    samples: int = 0
-    """Training samples (sequences) the round's steps took, all clients together."""
+from splitft.wire.calls import client_role, counted_call, drop_report
+from splitft.wire.codec import Entry, encode_message
+from splitft.wire.ledger import ByteLedger
+from splitft.wire.messages import adapter_entries, control, read_state, state_message
 
 
 def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
@@ -86,21 +54,14 @@ def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
     return reduced
 
 
-def canonicalize_blocks(adapters: Adapters, layout: AdapterLayout, blocks: Sequence[int]) -> list[str]:
-    """Rewrite the LoRA pairs of ``blocks`` in canonical form in place; returns their names."""
-    names = layout.names(blocks)
-    for a_name, b_name in lora_pairs(names):
-        adapters[a_name], adapters[b_name] = canonicalize(adapters[a_name], adapters[b_name])
-    return names
-
-
-class RoundLoop:
+class SplitRoundLoop:
     def __init__(
         self,
         cfg: Config,
         layout: AdapterLayout,
         runtime: Runtime,
         main_server: MainServer,
+        fed_server: FedServer,
         policy: AllocationPolicy,
         ledger: ByteLedger,
         timer: RoundTimer,
@@ -110,7 +71,7 @@ class RoundLoop:
         self.layout = layout
         self.runtime = runtime
         self.main_server = main_server
-        self.fed_server = FedServer(layout, cfg.lora.client_cut_rank)
+        self.fed_server = fed_server
         self.policy = policy
         self.ledger = ledger
         self.timer = timer
@@ -121,19 +82,12 @@ class RoundLoop:
         self.previous_cuts = list(start_cuts)
         self.accuracy: dict[int, float] = {}
         self.cut_blocks: set[int] = set()
-        self.version = 0  # bumped whenever the global set changes
-        self.synced: dict[int, tuple[int, int]] = {}  # client -> (version, cut) it holds
-        self.pending_reset: dict[
-            int, set[str]
-        ] = {}  # client -> tensors whose basis changed since its last round
+        self.synced: dict[int, tuple[int, int]] = {}  # client -> (global version, cut) it holds
+        self.pending_reset: dict[int, set[str]] = {}  # client -> tensors whose basis changed since
 
     @property
     def global_adapters(self) -> Adapters:
-        return self.main_server.global_adapters
-
-    @property
-    def uses_accuracy(self) -> bool:
-        return self.policy.name in ("accuracy", "splitft")
+        return self.fed_server.global_adapters
 
     def sample_clients(self, round_number: int) -> list[int]:
         """The clients taking part in a round: a seeded sample of those not dropped."""
@@ -148,69 +102,13 @@ class RoundLoop:
         cuts = [d.cut for d in decisions]
         clients = self.sample_clients(round_number)
         dropped, self.late_drops = self.late_drops, []
-
-        # Blocks that just became cut blocks get a canonical basis (B @ A unchanged).
-        new_cut_blocks = cut_blocks(cuts, self.cfg.lora)
-        fresh = sorted(new_cut_blocks - self.cut_blocks)
-        self.cut_blocks = new_cut_blocks
-        if fresh:
-            changed = canonicalize_blocks(self.main_server.global_adapters, self.layout, fresh)
-            self.version += 1
-            # Every copy of these tensors, including those of clients not sampled this round,
-            # holds optimizer moments in the old basis: reset them at that client's next round.
-            for i in range(self.num_clients):
-                self.pending_reset.setdefault(i, set()).update(changed)
-        reset_all = self.cfg.aggregation == "svd"
-
-        # 1. Each client takes the global adapters of its blocks [0, cut).
-        start = self.main_server.global_adapters
-        for i in clients:
-            reset = sorted(self.pending_reset.get(i, ()))
-            if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
-                self.main_server.begin_round(i, cuts[i], reset=reset, reset_all=reset_all)
-                self.pending_reset.pop(i, None)
+        fresh = self._canonicalize_new_cut_blocks(cuts)
+        clients = self._begin_all(round_number, clients, cuts, dropped)
+        loss_sum, tokens, step_shapes = self._train(round_number, clients, dropped)
         clients = [i for i in clients if i not in self.dropped]
-
-        # 2. Split steps. Each client's step runs forward -> server -> backward before the
-        # next client starts, so only one client's activations are alive at a time (the
-        # virtual clock, not this order, models clients running in parallel).
-        loss_sum, tokens = 0.0, 0
-        step_shapes: dict[int, list[tuple[int, int]]] = {i: [] for i in clients}
-        for step in range(self.cfg.federation.local_steps):
-            global_step = (round_number - 1) * self.cfg.federation.local_steps + step
-            for i in clients:
-                if i in self.dropped:
-                    continue
-                smashed = self._call(round_number, i, "forward_step", control(step=global_step), dropped)
-                if smashed is None:
-                    continue
-                grad, stats = self.main_server.train_step(i, smashed, global_step)
-                loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
-                step_shapes[i].append((stats.batch, stats.seq_len))
-                self._call(round_number, i, "backward_step", grad, dropped)
-        clients = [i for i in clients if i not in self.dropped]
-
-        # 3. Upload client-side adapters; merge both sides' changes into the global set.
-        uploads = {
-            i: p for i in clients if (p := self._call(round_number, i, "end_round", control(), dropped))
-        }
-        client_side = self.fed_server.contributions(uploads, cuts)
-        server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
-        merged, truncation = merge(
-            start, list(client_side.values()), server_side, self.cfg.aggregation, self.cfg.lora.r_others
-        )
-        self.main_server.global_adapters = merged
-        self.version += 1
-        participants = sorted(client_side)
-        if not participants:
-            failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
-            raise SplitFTError(f"round {round_number}: every client failed ({failures})")
-
-        # 4. Held-out accuracy of the new global set, for the policy's next decision.
-        if self.uses_accuracy:
+        participants, truncation = self._merge(round_number, clients, cuts, dropped)
+        if self.policy.uses_accuracy:
             self._score_heldout(round_number, participants, cuts, dropped)
-
-        # 5. Virtual time of what happened.
         timing = self.timer.actual(round_number, cuts, {i: step_shapes[i] for i in participants}, self.ledger)
         self.clock.advance(timing)
         self.previous_cuts = cuts
@@ -231,6 +129,72 @@ class RoundLoop:
             samples=sum(b for i in participants for b, _ in step_shapes[i]),
         )
 
+    def _canonicalize_new_cut_blocks(self, cuts: Sequence[int]) -> list[int]:
+        """Blocks that just became cut blocks get a canonical basis (B @ A unchanged)."""
+        new_cut_blocks = cut_blocks(cuts, self.cfg.lora)
+        fresh = sorted(new_cut_blocks - self.cut_blocks)
+        self.cut_blocks = new_cut_blocks
+        if fresh:
+            changed = self.fed_server.canonicalize(fresh)
+            # Every copy of these tensors, including those of clients not sampled this round,
+            # holds optimizer moments in the old basis: reset them at that client's next round.
+            for i in range(self.num_clients):
+                self.pending_reset.setdefault(i, set()).update(changed)
+        return fresh
+
+    def _begin_all(
+        self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
+    ) -> list[int]:
+        """Each client takes the global adapters of its blocks ``[0, cut)``, the main server
+        those of ``[cut, M)``; returns the clients still there."""
+        start = self.fed_server.global_adapters
+        reset_all = self.cfg.aggregation == "svd"
+        for i in clients:
+            reset = sorted(self.pending_reset.get(i, ()))
+            if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
+                self.main_server.begin_round(i, cuts[i], start, reset=reset, reset_all=reset_all)
+                self.pending_reset.pop(i, None)
+        return [i for i in clients if i not in self.dropped]
+
+    def _train(
+        self, round_number: int, clients: list[int], dropped: list[dict]
+    ) -> tuple[float, int, dict[int, list[tuple[int, int]]]]:
+        """The split steps. Each client's step runs forward -> server -> backward before the
+        next client starts, so only one client's activations are alive at a time (the virtual
+        clock, not this order, models clients running in parallel)."""
+        loss_sum, tokens = 0.0, 0
+        step_shapes: dict[int, list[tuple[int, int]]] = {i: [] for i in clients}
+        for step in range(self.cfg.federation.local_steps):
+            global_step = (round_number - 1) * self.cfg.federation.local_steps + step
+            for i in clients:
+                if i in self.dropped:
+                    continue
+                smashed = self._call(round_number, i, "forward_step", control(step=global_step), dropped)
+                if smashed is None:
+                    continue
+                grad, stats = self.main_server.train_step(i, smashed, global_step)
+                loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
+                step_shapes[i].append((stats.batch, stats.seq_len))
+                self._call(round_number, i, "backward_step", grad, dropped)
+        return loss_sum, tokens, step_shapes
+
+    def _merge(
+        self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
+    ) -> tuple[list[int], float]:
+        """Clients upload their adapters; the fed server merges both sides' changes. Returns
+        the clients that contributed and the merge's truncation error."""
+        client_side = {}
+        for i in clients:
+            if (payload := self._call(round_number, i, "end_round", control(), dropped)) is not None:
+                ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.client_cut_rank)
+                client_side[i] = self.fed_server.contribution(payload, ranks)
+        server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
+        truncation = self.fed_server.merge(list(client_side.values()), server_side)
+        if not client_side:
+            failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
+            raise SplitFTError(f"round {round_number}: every client failed ({failures})")
+        return sorted(client_side), truncation
+
     def _begin(
         self,
         round_number: int,
@@ -243,7 +207,7 @@ class RoundLoop:
     ) -> bool:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
         ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.client_cut_rank)
-        held = self.synced.get(i) == (self.version, cut)
+        held = self.synced.get(i) == (self.fed_server.version, cut)
         entries = [] if held else adapter_entries({n: adapters[n] for n in ranks}, ranks)
         meta = {
             "round": round_number,
@@ -254,7 +218,7 @@ class RoundLoop:
         entries.append(Entry("control", "control", meta))
         if self._call(round_number, i, "begin_round", encode_message(entries).data, dropped) is None:
             return False
-        self.synced[i] = (self.version, cut)
+        self.synced[i] = (self.fed_server.version, cut)
         return True
 
     def _score_heldout(
@@ -263,21 +227,15 @@ class RoundLoop:
         """Each client forwards its held-out samples through the new global set; the server scores."""
         samples = self.cfg.policy.heldout_samples
         self.accuracy = {}  # only this round's scores steer the next allocation
+        adapters = self.fed_server.global_adapters
         for i in clients:
-            self._begin(round_number, i, cuts[i], self.main_server.global_adapters, [], False, dropped)
+            self._begin(round_number, i, cuts[i], adapters, [], False, dropped)
             payload = self._call(round_number, i, "heldout_forward", control(samples=samples), dropped)
             if payload is None:
                 continue
-            stats = self.main_server.score(i, payload)
+            stats = self.main_server.score(i, payload, adapters)
             if stats.tokens:
                 self.accuracy[i] = stats.correct / stats.tokens
-
-    def drop_late(self, round_number: int, i: int, method: str, error: str) -> None:
-        """Drop client ``i`` after a failed call outside a round (a checkpoint's state export
-        or a resume's restore): it is skipped from the next round on, and the drop is reported
-        in that round's ``dropped`` with the round it happened after."""
-        self.dropped.add(i)
-        self.late_drops.append({"client": i, "round": round_number, "method": method, "error": error})
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
@@ -286,3 +244,50 @@ class RoundLoop:
         return counted_call(
             self.runtime, self.ledger, self.dropped, dropped, round_number, i, method, payload
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's bookkeeping, the fed and main servers' state, and every client's (asked
+        of the client through the runtime, not counted as traffic; a client that cannot answer
+        is dropped and reported with the next round)."""
+        clients = {}
+        last = self.clock.rounds
+        for i in range(self.num_clients):
+            if i in self.dropped:
+                continue  # never called again, and its process may be gone
+            result = self.runtime.call(client_role(i), "export_state", control())
+            if isinstance(result, bytes):
+                clients[str(i)] = read_state(result)
+            else:
+                self.late_drops.append(drop_report(self.dropped, i, last, "export_state", result.error))
+        return {
+            "previous_cuts": list(self.previous_cuts),
+            "accuracy": {str(i): a for i, a in self.accuracy.items()},
+            "cut_blocks": sorted(self.cut_blocks),
+            "synced": {str(i): list(v) for i, v in self.synced.items()},
+            "pending_reset": {str(i): sorted(v) for i, v in self.pending_reset.items()},
+            "dropped": sorted(self.dropped),
+            "clock": self.clock.to_dict(),
+            "ledger": self.ledger.to_dict(),
+            "fed_server": self.fed_server.state_dict(),
+            "main_server": self.main_server.state_dict(),
+            "clients": clients,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fed_server.load_state_dict(state["fed_server"])
+        self.main_server.load_state_dict(state["main_server"])
+        self.dropped = set(state["dropped"])
+        self.clock = VirtualClock.from_dict(state["clock"])
+        for key, client_state in state["clients"].items():
+            i = int(key)
+            result = self.runtime.call(client_role(i), "restore_state", state_message(client_state))
+            if not isinstance(result, bytes):
+                self.late_drops.append(
+                    drop_report(self.dropped, i, self.clock.rounds, "restore_state", result.error)
+                )
+        self.previous_cuts = list(state["previous_cuts"])
+        self.accuracy = {int(i): a for i, a in state["accuracy"].items()}
+        self.cut_blocks = set(state["cut_blocks"])
+        self.synced = {int(i): tuple(v) for i, v in state["synced"].items()}
+        self.pending_reset = {int(i): set(v) for i, v in state["pending_reset"].items()}
+        self.ledger.restore(state["ledger"])  # in place: the experiment and the loop share it

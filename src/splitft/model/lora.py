@@ -94,12 +94,6 @@ class AdapterLayout:
     def names(self, blocks: Iterable[int]) -> list[str]:
         return [name for b in blocks for name in self.names_by_block.get(b, [])]
 
-    def block_of(self, name: str) -> int:
-        for block, names in self.names_by_block.items():
-            if name in names:
-                return block
-        raise KeyError(name)
-
     def num_params(self, name: str, rank: int) -> int:
         """Trainable parameters of one tensor at ``rank`` components."""
         shape = self.shapes[name]
@@ -152,6 +146,11 @@ def export_adapters(peft_model: PeftModel, adapters: Mapping[str, torch.Tensor],
 def copy_ranks(layout: AdapterLayout, blocks: Iterable[int], cut_block: int, r_cut: int) -> dict[str, int]:
     """Trained rank of each tensor of a copy of ``blocks``: ``r_cut`` on ``cut_block``."""
     return {name: (r_cut if b == cut_block else layout.rank) for b in blocks for name in layout.names([b])}
+
+
+def full_ranks(layout: AdapterLayout) -> dict[str, int]:
+    """Every adapter tensor at ``r_others``: nothing is a cut block without a cut."""
+    return {name: layout.rank for name in layout.shapes}
 
 
 def lora_pairs(names: Iterable[str]) -> list[tuple[str, str]]:

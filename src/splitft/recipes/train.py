@@ -1,191 +1,41 @@
-"""The training recipe: ``setup`` (check everything, build the roles) -> ``fit`` (the rounds).
+"""The training recipe: ``setup`` (check everything, build the server side) -> ``fit`` (rounds).
 
-Python API::
+This module runs a run in *this* process, whatever reaches the clients: ``connect`` turns the
+experiment into the runtime its loop calls (in-process clients by default). Choosing a runtime
+by name is the layer above (:mod:`splitft.launch`), which is also the Python API::
 
     from splitft.config import Config
-    from splitft.recipes.train import train
+    from splitft.launch import train
 
     cfg = Config().with_overrides({"model.name": "tiny:llama", "federation.rounds": 2})
     result = train(cfg, "runs/demo")
     print(result.summary["final_test_ppl"], result.run_dir)
-
-Everything that can be wrong with the input (config, model, data, cuts) is checked in
-``setup`` before the run directory is created, so a bad run leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
 
-from splitft.algorithms.policy import make_policy, resolve_cuts
 from splitft.config import Config
-from splitft.data.prepare import PreparedData, prepare_data
-from splitft.data.tokenize import pad_id_of
 from splitft.errors import ConfigError
-from splitft.methods.split_loop import RoundLoop, client_role
-from splitft.methods.whole_model import WholeModelLoop, WholeModelTrainer, pool
-from splitft.model.loading import load_model, load_tokenizer
-from splitft.model.lora import (
-    AdapterLayout,
-    Adapters,
-    attach_lora,
-    copy_ranks,
-    export_adapters,
-    initial_adapters,
-)
-from splitft.model.split import SplitModel
+from splitft.methods.base import RoundLoop
 from splitft.recipes import checkpoint
 from splitft.recipes.evaluate import EvalResult, evaluate
+from splitft.recipes.experiment import Experiment, local_runtime, setup
+from splitft.recipes.outputs import export_run_adapters, metrics_row, summarize
 from splitft.report.plots import plot_run
 from splitft.report.rundir import RunDirectory
-from splitft.roles.client import Client
-from splitft.roles.main_server import MainServer
-from splitft.runtime import InProcessRuntime, Runtime
-from splitft.sim.timing import RoundTimer
-from splitft.wire.codec import ByteLedger
+from splitft.runtime.base import Runtime
 
-SPLIT_METHODS = ("splitft", "sfl-fixed")
-"""Methods that split the model (the others train it whole: fedlora, centralized)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-@dataclass
-class Experiment:
-    """Everything a run needs, built and checked by :func:`setup`."""
-
-    cfg: Config
-    tokenizer: Any
-    peft_model: PeftModel
-    model: SplitModel
-    layout: AdapterLayout
-    data: PreparedData
-    cuts: list[int]
-    timer: RoundTimer
-    clients: list[Client] | list[WholeModelTrainer]
-    main_server: MainServer | None
-    runtime: Runtime | None
-    ledger: ByteLedger = field(default_factory=ByteLedger)
-    initial: Adapters = field(default_factory=dict)
-    """The freshly initialised global adapter set."""
-    trainer: WholeModelTrainer | None = None
-    """method 'centralized': the one trainer of the pooled data."""
-
-    @property
-    def pad_id(self) -> int:
-        return pad_id_of(self.tokenizer)
-
-
-def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> Experiment:
-    """Validate ``cfg``, load tokenizer, data and model, and build the roles.
-
-    ``prepare``: given the tokenizer, the data to use instead of ``cfg.data`` split
-    ``federation.num_clients`` ways (a FLARE site's own file, say).
-    """
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    if prepare is None:
-        data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
-    else:
-        data = prepare(tokenizer)
-    base = load_model(
-        cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
-    )
-    probe = SplitModel(base)  # the family and depth, before LoRA is injected
-    cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, probe.num_blocks)
-    timer = RoundTimer(cfg, base.config, probe.num_blocks)
-    if cfg.method == "fedlora" and not any(timer.whole_model_fits):
-        raise ConfigError(
-            f"method = 'fedlora': no client's device can train the whole model (it needs "
-            f"{timer.whole_model_bytes / 1e6:.0f} MB at batch {cfg.train.batch_size} x {cfg.data.max_length} "
-            f"tokens; devices: {', '.join(d.name for d in timer.devices)}); that is what split learning "
-            "is for: use method = 'splitft' or 'sfl-fixed', or larger devices"
-        )
-    for i, (cut, most) in enumerate(zip(cuts, timer.max_cut, strict=True)):
-        if cut > most and cfg.method in SPLIT_METHODS:
-            raise ConfigError(
-                f"split.cuts gives client {i} cut {cut}, but its device ({timer.devices[i].name}) holds at most "
-                f"{most} blocks at batch {cfg.train.batch_size} x {cfg.data.max_length} tokens; use a cut <= {most}"
-            )
-    peft_model = attach_lora(
-        base, probe.family, cfg.lora.r_others, cfg.lora.alpha, cfg.lora.target_modules, cfg.seed
-    )
-    peft_model.to(device)
-    causal_lm = peft_model.base_model.model
-    model = SplitModel(causal_lm)
-    layout = AdapterLayout.of(causal_lm, model.family)
-    initial = initial_adapters(causal_lm)
-    pad_id = pad_id_of(tokenizer)
-    if cfg.method not in SPLIT_METHODS:
-        return _setup_whole_model(cfg, tokenizer, peft_model, model, layout, data, cuts, timer, initial)
-    main_server = MainServer(model, layout, cfg, initial)
-    clients = [
-        Client(i, model, layout, data.clients[i], cfg, pad_id, data.heldout[i])
-        for i in range(cfg.federation.num_clients)
-    ]
-    runtime = InProcessRuntime({client_role(c.client_id): c for c in clients})
-    return Experiment(
-        cfg,
-        tokenizer,
-        peft_model,
-        model,
-        layout,
-        data,
-        cuts,
-        timer,
-        clients,
-        main_server,
-        runtime,
-        initial=initial,
-    )
-
-
-def _setup_whole_model(
-    cfg: Config,
-    tokenizer: Any,
-    peft_model: PeftModel,
-    model: SplitModel,
-    layout: AdapterLayout,
-    data: PreparedData,
-    cuts: list[int],
-    timer: RoundTimer,
-    initial: Adapters,
-) -> Experiment:
-    """The roles of fedlora (a whole-model trainer per client) or centralized (one trainer)."""
-    fed = cfg.federation
-    pad_id = pad_id_of(tokenizer)
-    exp = Experiment(
-        cfg, tokenizer, peft_model, model, layout, data, cuts, timer, [], None, None, initial=initial
-    )
-    if cfg.method == "centralized":
-        steps = fed.rounds * (fed.clients_per_round or fed.num_clients) * fed.local_steps
-        exp.trainer = WholeModelTrainer(0, model, layout, pool(data.clients), cfg, pad_id, steps)
-        return exp
-    exp.clients = [
-        WholeModelTrainer(i, model, layout, data.clients[i], cfg, pad_id, fed.rounds * fed.local_steps)
-        for i in range(fed.num_clients)
-    ]
-    exp.runtime = InProcessRuntime({client_role(c.client_id): c for c in exp.clients})
-    return exp
+Connect = Callable[[Experiment], Runtime | None]
+"""How the server side reaches the clients: builds (or connects to) them, returns the runtime."""
 
 
 @dataclass
@@ -195,54 +45,53 @@ class RunResult:
     metrics: list[dict[str, Any]]
 
 
-def trainable_params(exp: Experiment, cuts: list[int]) -> tuple[list[int], list[int]]:
-    """LoRA parameters each client trains, and the server trains for it, at the rank trained
-    (fedlora: all of them on the client; centralized: all of them on the server, once)."""
-    lora, layout, m = exp.cfg.lora, exp.layout, exp.model.num_blocks
-    everything = sum(layout.num_params(name, layout.rank) for name in layout.shapes)
-    if exp.cfg.method == "fedlora":  # a client that cannot hold the model trains nothing
-        return [everything if fits else 0 for fits in exp.timer.whole_model_fits], [0] * len(cuts)
-    if exp.cfg.method == "centralized":
-        return [0] * len(cuts), [everything]
-    client, server = [], []
-    for cut in cuts:
-        sides = (
-            (range(cut), cut - 1, lora.client_cut_rank, client),
-            (range(cut, m), cut, lora.server_cut_rank, server),
-        )
-        for blocks, cut_block, r_cut, out in sides:
-            ranks = copy_ranks(layout, blocks, cut_block, r_cut)
-            out.append(sum(layout.num_params(name, rank) for name, rank in ranks.items()))
-    return client, server
+@dataclass
+class Progress:
+    """What ``fit`` carries across rounds besides the loop: part of the checkpoint."""
+
+    initial: EvalResult
+    """The base model's test score, before training."""
+    best: dict[str, Any] = field(default_factory=lambda: {"val_loss": None, "round": None})
+    final_test: EvalResult | None = None
+    wall_s: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "initial": asdict(self.initial),
+            "final_test": asdict(self.final_test) if self.final_test else None,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Progress:
+        final = EvalResult(**state["final_test"]) if state["final_test"] else None
+        return cls(EvalResult(**state["initial"]), state["best"], final, state["wall_s"])
 
 
-def make_loop(exp: Experiment) -> RoundLoop | WholeModelLoop:
-    """The round loop of ``exp``: split learning with the configured allocation policy, or the
-    whole-model loop of fedlora / centralized."""
-    if exp.cfg.method not in SPLIT_METHODS:
-        fits = exp.timer.whole_model_fits if exp.cfg.method == "fedlora" else [True] * len(exp.cuts)
-        return WholeModelLoop(
-            exp.cfg,
-            exp.layout,
-            exp.runtime,
-            dict(exp.initial),
-            exp.ledger,
-            exp.timer,
-            exp.model.num_blocks,
-            fits,
-            exp.trainer,
-        )
-    p = exp.cfg.policy
-    policy = make_policy(p.name, exp.cuts, p.gamma, p.tolerance, p.slack)
-    return RoundLoop(
-        exp.cfg, exp.layout, exp.runtime, exp.main_server, policy, exp.ledger, exp.timer, exp.cuts
-    )
+def _score(exp: Experiment, adapters: dict, data: Any) -> EvalResult:
+    return evaluate(exp.model, adapters, data, exp.pad_id, exp.cfg.eval.batch_size, exp.cfg.eval.max_samples)
+
+
+def _evaluate_round(
+    exp: Experiment, loop: RoundLoop, run: RunDirectory, row: dict, progress: Progress
+) -> None:
+    """Score the global set on validation and test; keep the adapters of the best validation loss."""
+    adapters = loop.global_adapters
+    val = _score(exp, adapters, exp.data.validation)
+    test = _score(exp, adapters, exp.data.test)
+    row.update(val_loss=val.loss, test_ppl=test.ppl, test_acc=test.acc, test_loss=test.loss)
+    progress.final_test = test
+    if progress.best["val_loss"] is None or val.loss < progress.best["val_loss"]:
+        progress.best = {"val_loss": val.loss, "round": row["round"]}
+        run.write_folder("adapter-best", lambda p: export_run_adapters(exp, adapters, p))
 
 
 def fit(
     exp: Experiment,
+    loop: RoundLoop,
     run: RunDirectory,
-    progress: bool = True,
+    progress_bar: bool = True,
     resume: bool = False,
     on_resumed: Callable[[], None] | None = None,
 ) -> RunResult:
@@ -252,138 +101,44 @@ def fit(
     the next round (metrics of rounds after the checkpoint, if any, are dropped).
     """
     cfg = exp.cfg
-    loop = make_loop(exp)
     if resume:
-        state = checkpoint.load(run, loop)
-        if on_resumed:
-            on_resumed()  # e.g. record the new round count, only once the checkpoint loaded
-        run.keep_metrics_until(state["round"])
-        first, best, initial = state["round"] + 1, state["best"], EvalResult(**state["initial"])
-        final_test = EvalResult(**state["final_test"]) if state["final_test"] else None
-        wall_offset = state["wall_s"]
+        first, progress = _restore(run, loop, on_resumed)
     else:
-        first, best, final_test, wall_offset = 1, {"val_loss": None, "round": None}, None, 0.0
-        initial = _score(exp, exp.initial, exp.data.test)  # the base model, before training
-    started = time.perf_counter()
+        first, progress = 1, Progress(_score(exp, exp.initial, exp.data.test))  # the base model
+    wall_offset, started = progress.wall_s, time.perf_counter()
     rounds = cfg.federation.rounds
-    bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress)
+    bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress_bar)
     for round_number in bar:
         result = loop.run_round(round_number)
-        row: dict[str, Any] = {
-            "round": round_number,
-            "train_loss": result.train_loss,
-            "samples": result.samples,
-            "val_loss": None,
-            "test_ppl": None,
-            "test_acc": None,
-            "test_loss": None,
-            "cuts": result.cuts,
-            "clients": result.clients,
-            "policy": [d.reason for d in result.decisions],
-            "acc_by_client": {str(i): a for i, a in result.accuracy.items()},
-            "w_by_client": {str(i): w for i, w in result.weights.items()},
-            "virtual_s": result.virtual_s,
-            "round_virtual_s": result.timing.makespan_s,
-            "server_busy_share": result.timing.server_busy_share,
-            "canonicalized_blocks": result.canonicalized,
-            "svd_truncation_error": result.truncation_error,
-            "dropped": result.dropped,
-            **exp.ledger.round_totals(round_number),
-        }
+        row = metrics_row(exp, result)
+        postfix = {"loss": "-" if result.train_loss is None else f"{result.train_loss:.3f}"}
         if round_number % cfg.eval.every == 0 or round_number == rounds:
-            adapters = loop.global_adapters
-            val = _score(exp, adapters, exp.data.validation)
-            test = _score(exp, adapters, exp.data.test)
-            row.update(val_loss=val.loss, test_ppl=test.ppl, test_acc=test.acc, test_loss=test.loss)
-            final_test = test
-            if best["val_loss"] is None or val.loss < best["val_loss"]:
-                best = {"val_loss": val.loss, "round": round_number}
-                run.write_folder("adapter-best", lambda p, a=adapters: _export(exp, a, p))
-            bar.set_postfix(loss=_fmt(result.train_loss), test_ppl=f"{test.ppl:.2f}")
-        else:
-            bar.set_postfix(loss=_fmt(result.train_loss))
-        row["wall_s"] = round(wall_offset + time.perf_counter() - started, 3)
+            _evaluate_round(exp, loop, run, row, progress)
+            postfix["test_ppl"] = f"{row['test_ppl']:.2f}"
+        bar.set_postfix(postfix)
+        row["wall_s"] = progress.wall_s = round(wall_offset + time.perf_counter() - started, 3)
         run.append_metrics(row)
-        extra = {
-            "best": best,
-            "initial": asdict(initial),
-            "final_test": asdict(final_test) if final_test else None,
-            "wall_s": row["wall_s"],
-        }
-        checkpoint.save(run, loop, round_number, extra)
-
-    run.write_folder("adapter", lambda p: _export(exp, loop.global_adapters, p))
+        checkpoint.save(run, {"round": round_number, "loop": loop.state_dict(), "fit": progress.state_dict()})
+    run.write_folder("adapter", lambda p: export_run_adapters(exp, loop.global_adapters, p))
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
-    summary = _summary(exp, metrics, final_test, best["round"], wall_offset + time.perf_counter() - started)
-    summary.update(initial_test_ppl=initial.ppl, initial_test_acc=initial.acc)
+    wall_s = wall_offset + time.perf_counter() - started
+    summary = summarize(exp, metrics, progress.final_test, progress.best["round"], wall_s)
+    summary.update(initial_test_ppl=progress.initial.ppl, initial_test_acc=progress.initial.acc)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _score(exp: Experiment, adapters: dict[str, torch.Tensor], data) -> EvalResult:
-    return evaluate(exp.model, adapters, data, exp.pad_id, exp.cfg.eval.batch_size, exp.cfg.eval.max_samples)
-
-
-def _export(exp: Experiment, adapters: dict[str, torch.Tensor], folder: Path) -> None:
-    export_adapters(exp.peft_model, adapters, folder)
-    # What `splitft eval` needs to rebuild the base model the adapter belongs to.
-    model_cfg = exp.cfg.model
-    facts = {"model": model_cfg.name, "keep_layers": model_cfg.keep_layers, "tokenizer": model_cfg.tokenizer}
-    facts["seed"] = exp.cfg.seed  # the weights of a tiny random model depend on it
-    (folder / "splitft.json").write_text(json.dumps(facts, indent=2) + "\n")
-
-
-def _summary(
-    exp: Experiment, metrics: list[dict], final: EvalResult | None, best_round: int | None, wall_s: float
-) -> dict[str, Any]:
-    evaluated = [m for m in metrics if m["test_ppl"] is not None]
-    client_params, server_params = trainable_params(exp, metrics[-1]["cuts"])
-    totals = exp.ledger.totals()
-    best = next((m for m in evaluated if m["round"] == best_round), None)
-    return {
-        "final_test_ppl": final.ppl if final else None,
-        "final_test_acc": final.acc if final else None,
-        "final_test_loss": final.loss if final else None,
-        "best_test_ppl": min((m["test_ppl"] for m in evaluated), default=None),
-        "best_test_acc": max((m["test_acc"] for m in evaluated), default=None),
-        "best_round": best_round,
-        "best_round_test_ppl": best["test_ppl"] if best else None,
-        "bytes_up": totals["bytes_up"],
-        "bytes_down": totals["bytes_down"],
-        "bytes_by_kind": totals["bytes_by_kind"],
-        "trainable_params_client": sum(client_params),
-        "trainable_params_server": sum(server_params),
-        "trainable_params_by_client": {"client": client_params, "server": server_params},
-        "wall_s": round(wall_s, 3),
-        "virtual_s": metrics[-1]["virtual_s"],
-        "rounds": len(metrics),
-        "samples_seen": sum(m.get("samples", 0) for m in metrics),
-        "method": exp.cfg.method,
-        "policy": exp.cfg.policy.name,
-        "infeasible_clients": [i for i, ok in enumerate(exp.timer.whole_model_fits) if not ok]
-        if exp.cfg.method == "fedlora"
-        else [],
-        "devices": {
-            "clients": [d.to_dict() for d in exp.timer.devices],
-            "server": exp.timer.server.to_dict(),
-            "order": exp.cfg.devices.order,
-            "max_cut": exp.timer.max_cut,
-        },
-        "dropped_clients": sorted({d["client"] for m in metrics for d in m["dropped"]}),
-        "model": {
-            "name": exp.cfg.model.name,
-            "family": exp.model.family.name,
-            "blocks": exp.model.num_blocks,
-            "parameters": sum(p.numel() for p in exp.peft_model.parameters() if p.dtype.is_floating_point)
-            - sum(exp.layout.num_params(n, exp.layout.rank) for n in exp.layout.shapes),
-        },
-        "data": exp.data.facts,
-    }
+def _restore(
+    run: RunDirectory, loop: RoundLoop, on_resumed: Callable[[], None] | None
+) -> tuple[int, Progress]:
+    """Load the checkpoint into ``loop``; the first round to run and the fit's progress."""
+    state = checkpoint.load(run)
+    loop.load_state_dict(state["loop"])
+    if on_resumed:
+        on_resumed()  # e.g. record the new round count, only once the checkpoint loaded
+    run.keep_metrics_until(state["round"])
+    return state["round"] + 1, Progress.from_state_dict(state["fit"])
 
 
 @contextlib.contextmanager
@@ -396,24 +151,15 @@ def _failure_marker(run: RunDirectory) -> Iterator[None]:
 
 
 def train(
-    cfg: Config, out_dir: str | Path, progress: bool = False, runtime: Runtime | None = None
+    cfg: Config, out_dir: str | Path, progress: bool = False, connect: Connect = local_runtime
 ) -> RunResult:
-    """Set up, create ``out_dir`` (must be new or empty), write the config and run.
-
-    With ``cfg.runtime`` a FLARE runtime, the run happens inside a FLARE job whose server calls
-    this again with its ``runtime`` (calls to the client sites) in place of the in-process one.
-    """
-    if runtime is None and cfg.runtime != "inprocess":
-        from splitft.runtime.flare_job import run_job
-
-        return run_job(cfg, out_dir)
+    """Set up, create ``out_dir`` (must be new or empty), write the config and run all rounds."""
     exp = setup(cfg)
-    if runtime is not None:
-        exp.runtime = runtime
+    loop = exp.method.make_loop(exp, connect(exp))
     run = RunDirectory.create(out_dir)
     cfg.to_toml(run.path / "config.toml")
     with _failure_marker(run):
-        return fit(exp, run, progress=progress)
+        return fit(exp, loop, run, progress_bar=progress)
 
 
 # Fields a resumed run may change: they do not alter the state the checkpoint holds.
@@ -433,35 +179,40 @@ RESUME_OVERRIDES = (
 )
 
 
-def resume(
-    run_dir: str | Path,
-    overrides: dict[str, object] | None = None,
-    progress: bool = False,
-    runtime: Runtime | None = None,
-) -> RunResult:
-    """Continue the run in ``run_dir`` from its last complete round; ``overrides`` may change
-    only :data:`RESUME_OVERRIDES` (e.g. ``{"federation.rounds": 60}``). A run may continue on
-    another runtime: in-process and FLARE runs resume from the same checkpoint."""
-    run = RunDirectory(run_dir)
-    config_file = run.path / "config.toml"
+def resume_config(run_dir: str | Path, overrides: dict[str, object] | None = None) -> Config:
+    """The config of the run in ``run_dir`` with ``overrides`` of :data:`RESUME_OVERRIDES` only."""
+    config_file = Path(run_dir) / "config.toml"
     if not config_file.exists():
-        raise ConfigError(f"--resume {run.path}: no config.toml there; is it a run directory?")
-    overrides = overrides or {}
-    for key in overrides:
+        raise ConfigError(f"--resume {run_dir}: no config.toml there; is it a run directory?")
+    for key in overrides or {}:
         if key not in RESUME_OVERRIDES:
             raise ConfigError(
                 f"--resume cannot change {key} (the checkpoint was made with the old value); "
                 f"allowed: {', '.join(RESUME_OVERRIDES)}"
             )
-    cfg = Config.from_toml(config_file).with_overrides(overrides)
-    if runtime is None and cfg.runtime != "inprocess":
-        from splitft.runtime.flare_job import run_job
+    return Config.from_toml(config_file).with_overrides(overrides or {})
 
-        return run_job(cfg, run.path, resume_overrides=overrides)
+
+def resume(
+    run_dir: str | Path,
+    overrides: dict[str, object] | None = None,
+    progress: bool = False,
+    connect: Connect = local_runtime,
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its last complete round; ``overrides`` may change
+    only :data:`RESUME_OVERRIDES` (e.g. ``{"federation.rounds": 60}``). In-process and FLARE
+    runs resume from the same checkpoint, so a run may continue on another runtime."""
+    run = RunDirectory(run_dir)
+    cfg = resume_config(run_dir, overrides)
     exp = setup(cfg)
-    if runtime is not None:
-        exp.runtime = runtime
+    loop = exp.method.make_loop(exp, connect(exp))
     run.clear_failure()
     with _failure_marker(run):
-        result = fit(exp, run, progress=progress, resume=True, on_resumed=lambda: cfg.to_toml(config_file))
-    return result
+        return fit(
+            exp,
+            loop,
+            run,
+            progress_bar=progress,
+            resume=True,
+            on_resumed=lambda: cfg.to_toml(run.path / "config.toml"),
+        )

@@ -24,6 +24,7 @@ import matplotlib
 
 from splitft.config import Config
 from splitft.errors import ConfigError, DataError
+from splitft.registry import METHODS
 from splitft.report.rundir import RunDirectory
 
 matplotlib.use("Agg")
@@ -124,7 +125,7 @@ def _row(run: _Run, label: str) -> dict[str, Any]:
         "run_dir": str(run.path),
         "complete": run.summary is not None,
         "method": run.config.method,
-        "policy": run.config.policy.name if run.config.method in ("splitft", "sfl-fixed") else "-",
+        "policy": run.config.policy.name if METHODS.get(run.config.method).splits else "-",
         "final_test_ppl": run.fact("final_test_ppl", ev[-1]["test_ppl"] if ev else None),
         "best_test_ppl": run.fact("best_test_ppl", min((e["test_ppl"] for e in ev), default=None)),
         "best_test_acc": run.fact("best_test_acc", max((e["test_acc"] for e in ev), default=None)),

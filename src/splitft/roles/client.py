@@ -7,15 +7,18 @@ method takes and returns codec bytes, so the same object serves any runtime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-from splitft.algorithms.optim import AdapterOptimizer, optimizer_tensors, restore_optimizer, retarget
+from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
 from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel
 from splitft.wire.codec import Entry, encode_message
-from splitft.wire.messages import adapter_entries, control, read, read_adapters
+from splitft.wire.messages import adapter_entries, control, read, read_adapters, read_state, state_message
 
 
 class Client:
@@ -46,14 +49,6 @@ class Client:
     @property
     def ranks(self) -> dict[str, int]:
         return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.client_cut_rank)
-
-    def skip_batches(self, count: int) -> None:
-        """Advance the data stream past ``count`` batches (resuming a run)."""
-        self.stream.skip_to(count)
-
-    @property
-    def batches_taken(self) -> int:
-        return self.stream.taken
 
     def begin_round(self, payload: bytes) -> bytes:
         """Take the round's cut and the global adapters of blocks ``[0, cut)``.
@@ -134,27 +129,18 @@ class Client:
         entries.append(Entry("control", "control", {"samples": len(self.data)}))
         return encode_message(entries).data
 
-    def export_state(self, payload: bytes) -> bytes:
-        """Everything a checkpoint needs of this client, as codec bytes: its cut, its position
-        in the data stream, and its adapters with their AdamW moments (full rank, exact).
-
-        It travels like any other call, so a checkpoint works wherever the client runs; the
-        round loop does not count it as training traffic.
-        """
-        meta = {"cut": self.cut, "batches_taken": self.batches_taken}
-        entries = [Entry("control", "control", meta)]
+    def state_dict(self) -> dict[str, Any]:
+        """Its cut, its position in the data stream, and its adapters with their AdamW moments."""
+        state: dict[str, Any] = {"cut": self.cut, "batches_taken": self.stream.taken}
         if self.optimizer is not None:
-            tensors = optimizer_tensors("client", self.optimizer)
-            entries += [Entry(name, "adapters", t.cpu()) for name, t in tensors.items()]
-        return encode_message(entries).data
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
-    def restore_state(self, payload: bytes) -> bytes:
-        """Take back what :meth:`export_state` sent (resuming a run; this client is fresh)."""
-        message = read(payload)
-        meta = message.pop("control")
-        self.skip_batches(int(meta["batches_taken"]))
-        if meta["cut"]:
-            self.cut = int(meta["cut"])
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back :meth:`state_dict` (resuming a run; this client is fresh)."""
+        self.stream.skip_to(int(state["batches_taken"]))
+        if state["cut"]:
+            self.cut = int(state["cut"])
             self.params, self.optimizer = retarget(
                 {},
                 None,
@@ -164,7 +150,14 @@ class Client:
                 self.cfg.train,
                 self.total_steps,
             )
-            device = self.model.device
-            tensors = {k: v.to(device) for k, v in message.items() if isinstance(v, torch.Tensor)}
-            restore_optimizer("client", self.optimizer, tensors)
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def export_state(self, payload: bytes) -> bytes:
+        """:meth:`state_dict` as codec bytes, so a checkpoint works wherever the client runs (the
+        round loop does not count it as training traffic)."""
+        return state_message(self.state_dict())
+
+    def restore_state(self, payload: bytes) -> bytes:
+        """:meth:`load_state_dict` from what :meth:`export_state` sent."""
+        self.load_state_dict(read_state(payload))
         return control(ok=True)

@@ -1,30 +1,72 @@
-"""The fed server role: collects the client-side adapters each round (design.md 2.3).
+"""The fed server role: the one owner of the global adapter set (docs/architecture.md, D2-D4).
 
-It sees only what clients upload at the end of a round (their adapters, at the rank they
-trained) and hands them to the merge together with the main server's server-side copies.
+It collects what clients upload at the end of a round (their adapters, at the rank they
+trained) and, with the main server's server-side copies, merges every change into the global
+set; it alone rewrites blocks in canonical form. Everyone else reads the global set (the main
+server to load its copies and to score, the loop to send clients their blocks, evaluation and
+export) and never replaces it. ``version`` counts changes, so the loop knows which clients
+already hold the current set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from splitft.algorithms.aggregation import Contribution
-from splitft.model.lora import AdapterLayout, copy_ranks
+import torch
+
+from splitft.algorithms.aggregation import Contribution, merge
+from splitft.algorithms.lowrank import canonicalize
+from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
 from splitft.wire.messages import read, read_adapters
 
 
 class FedServer:
-    def __init__(self, layout: AdapterLayout, r_cut: int) -> None:
+    def __init__(self, layout: AdapterLayout, initial: Adapters, aggregation: str) -> None:
         self.layout = layout
-        self.r_cut = r_cut
+        self.aggregation = aggregation
+        self._global = initial
+        self.version = 0
+        """Bumped whenever the global set changes."""
 
-    def contributions(self, uploads: Mapping[int, bytes], cuts: list[int]) -> dict[int, Contribution]:
-        """Decode each client's upload; its weight is its number of training samples."""
-        out = {}
-        for i, payload in uploads.items():
-            message = read(payload)
-            ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.r_cut)
-            out[i] = Contribution(
-                float(message["control"]["samples"]), read_adapters(message, self.layout), ranks
+    @property
+    def global_adapters(self) -> Adapters:
+        """The global set: every block at ``r_others`` (read it; only this role changes it)."""
+        return self._global
+
+    def contribution(self, payload: bytes, ranks: Mapping[str, int]) -> Contribution:
+        """Decode one client's upload; its weight is its number of training samples."""
+        message = read(payload)
+        return Contribution(float(message["control"]["samples"]), read_adapters(message, self.layout), ranks)
+
+    def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
+        """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the
+        merge's truncation error (0 for fedavg)."""
+        self._global, error = merge(
+            self._global, list(client_side), list(server_side), self.aggregation, self.layout.rank
+        )
+        self.version += 1
+        return error
+
+    def canonicalize(self, blocks: Iterable[int]) -> list[str]:
+        """Rewrite the LoRA pairs of ``blocks`` in canonical form (B @ A unchanged); their names."""
+        names = self.layout.names(blocks)
+        for a_name, b_name in lora_pairs(names):
+            self._global[a_name], self._global[b_name] = canonicalize(
+                self._global[a_name], self._global[b_name]
             )
-        return out
+        self.version += 1
+        return names
+
+    def assign(self, adapters: Mapping[str, torch.Tensor]) -> None:
+        """Take ``adapters`` as the global set (centralized: the pooled trainer's own adapters)."""
+        self._global = {name: t.detach().clone() for name, t in adapters.items()}
+        self.version += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": dict(self._global), "version": self.version}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        device = next(iter(self._global.values())).device
+        self._global = {name: t.to(device) for name, t in state["global"].items()}
+        self.version = int(state["version"])

@@ -1,14 +1,16 @@
 """The main server role: blocks ``[cut, M)`` + final norm + head + loss, for every client.
 
-It keeps one server-side copy of the adapters per client (design.md 2.1: every client owns a
-full adapter stack, wherever it lives), so per-client cuts never conflict, and one optimizer
-per copy. It also holds the global adapter set and merges each round's changes into it.
+It keeps one server-side copy of the adapters per client (docs/architecture.md, D1: every
+client owns a full adapter stack, wherever it lives), so per-client cuts never conflict, and
+one optimizer per copy. The global adapter set it loads copies from and scores with belongs to
+the fed server (``roles/fed_server.py``); the main server only reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,45 +43,52 @@ class _ServerCopy:
 
 
 class MainServer:
-    def __init__(
-        self, model: SplitModel, layout: AdapterLayout, cfg: Config, global_adapters: Adapters
-    ) -> None:
+    def __init__(self, model: SplitModel, layout: AdapterLayout, cfg: Config) -> None:
         self.model = model
         self.layout = layout
         self.cfg = cfg
-        self.global_adapters = global_adapters
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
         self.copies: dict[int, _ServerCopy] = {}
 
+    def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
+        """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
+        kept across a cut change stay, new ones start at zero."""
+        copy = self.copies.get(client_id)
+        if copy is not None and copy.cut == cut:
+            return copy
+        ranks = copy_ranks(self.layout, range(cut, self.model.num_blocks), cut, self.cfg.lora.server_cut_rank)
+        params, optimizer = retarget(
+            copy.params if copy else {},
+            copy.optimizer if copy else None,
+            list(ranks),
+            self.layout.shapes,
+            self.model.device,
+            self.cfg.train,
+            self.total_steps,
+        )
+        old_ranks = copy.ranks if copy else {}
+        copy = self.copies[client_id] = _ServerCopy(cut, params, optimizer, ranks)
+        # A tensor that now trains at a lower rank must not keep moments of its dropped components.
+        optimizer.reset(n for n, r in ranks.items() if old_ranks.get(n, r) != r)
+        return copy
+
     def begin_round(
-        self, client_id: int, cut: int, reset: Iterable[str] = (), reset_all: bool = False
+        self,
+        client_id: int,
+        cut: int,
+        global_adapters: Adapters,
+        reset: Iterable[str] = (),
+        reset_all: bool = False,
     ) -> None:
         """Load the global adapters of blocks ``[cut, M)`` into client ``client_id``'s copy."""
-        blocks = range(cut, self.model.num_blocks)
-        ranks = copy_ranks(self.layout, blocks, cut, self.cfg.lora.server_cut_rank)
-        copy = self.copies.get(client_id)
-        if copy is None or copy.cut != cut:
-            params, optimizer = retarget(
-                copy.params if copy else {},
-                copy.optimizer if copy else None,
-                list(ranks),
-                self.layout.shapes,
-                self.model.device,
-                self.cfg.train,
-                self.total_steps,
-            )
-            old_ranks = copy.ranks if copy else {}
-            copy = _ServerCopy(cut, params, optimizer, ranks)
-            self.copies[client_id] = copy
-            # A tensor that now trains at a lower rank must not keep moments of its dropped components.
-            optimizer.reset(n for n, r in ranks.items() if old_ranks.get(n, r) != r)
+        copy = self._copy_for(client_id, cut)
         copy.optimizer.reset(copy.params if reset_all else reset)
         with torch.no_grad():
             for name, tensor in copy.params.items():
-                mask = component_mask(name, tensor.shape, ranks[name]).to(tensor.device)
-                tensor.copy_(self.global_adapters[name] * mask)
+                mask = component_mask(name, tensor.shape, copy.ranks[name]).to(tensor.device)
+                tensor.copy_(global_adapters[name] * mask)
 
-    def score(self, client_id: int, payload: bytes) -> StepStats:
+    def score(self, client_id: int, payload: bytes, global_adapters: Adapters) -> StepStats:
         """Loss and accuracy of the global adapters from a client's held-out smashed data."""
         copy = self.copies[client_id]
         message = read(payload)
@@ -89,8 +98,7 @@ class MainServer:
         # The global set as this client's copy holds it (its first block at rank r_cut), so the
         # score is of the model the client and the server train together.
         global_part = {
-            n: self.global_adapters[n]
-            * component_mask(n, self.global_adapters[n].shape, copy.ranks[n]).to(device)
+            n: global_adapters[n] * component_mask(n, global_adapters[n].shape, copy.ranks[n]).to(device)
             for n in copy.params
         }
         with torch.no_grad():
@@ -132,3 +140,16 @@ class MainServer:
             )
             for i, weight in weights.items()
         ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every client's copy: its cut and its adapters with their AdamW moments."""
+        return {
+            "copies": {
+                str(i): {"cut": c.cut, "optimizer": c.optimizer.state_dict()} for i, c in self.copies.items()
+            }
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.copies = {}
+        for key, saved in state["copies"].items():
+            self._copy_for(int(key), int(saved["cut"])).optimizer.load_state_dict(saved["optimizer"])

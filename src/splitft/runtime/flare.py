@@ -25,17 +25,19 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nvflare.collab import collab
 
 from splitft.config import Config
+from splitft.data.prepare import prepare_client_data
 from splitft.errors import ConfigError
+from splitft.model.loading import load_tokenizer
+from splitft.recipes import train as recipe
+from splitft.recipes.experiment import build_client, load_shared_model
 from splitft.runtime.base import CallFailure, Runtime
+from splitft.sim.devices import device_preset
 from splitft.wire.messages import control, read
-
-if TYPE_CHECKING:
-    from splitft.data.prepare import PreparedData
 
 SITE_CONFIG_ENV = "SPLITFT_SITE_CONFIG"
 """On a production site: path of the site's TOML (data_path, device)."""
@@ -123,8 +125,6 @@ class FlareRuntime(Runtime):
 def with_site_tiers(cfg: Config, described: Mapping[int, Mapping[str, Any]]) -> Config:
     """``cfg`` with ``devices.clients`` set from the tiers the sites report (others keep the
     job's), so the virtual clock times each client on the device its site declares."""
-    from splitft.sim.devices import device_preset
-
     tiers = {i: d["device"] for i, d in described.items() if d.get("device")}
     if not tiers:
         return cfg
@@ -148,15 +148,13 @@ class SplitFTServer:
 
     @collab.main
     def run(self) -> str:
-        from splitft.recipes import train as recipe
-
         cfg = Config.from_dict(self.config)
         runtime = FlareRuntime({proxy.name: proxy for proxy in collab.clients}, cfg.call_timeout_s)
         if self.resume:
-            recipe.resume(self.run_dir, self.overrides, runtime=runtime)
+            recipe.resume(self.run_dir, self.overrides, connect=lambda _exp: runtime)
         else:
             cfg = with_site_tiers(cfg, runtime.describe(cfg.federation.num_clients))
-            recipe.train(cfg, self.run_dir, runtime=runtime)
+            recipe.train(cfg, self.run_dir, connect=lambda _exp: runtime)
         return self.run_dir
 
 
@@ -245,29 +243,22 @@ class SplitFTSite:
         return getattr(self.client, method)(payload)
 
 
-def build_site_client(cfg: Config, index: int, data_path: str = ""):
-    """The client of site ``index``: the same model, adapters and data stream as in-process.
+def build_site_client(cfg: Config, index: int, data_path: str = "") -> Any:
+    """The client of site ``index``, built alone: the same model, adapters and data stream as
+    in-process, from this site's own data only.
 
-    Without ``data_path`` the site builds the job's data split from the seed and keeps its
-    own partition (what simulation does); with it, the site trains on that local file alone.
+    Without ``data_path`` the site takes its own share of the job's corpus (what simulation
+    does: the partition is computed from the seed, no other client's data is built); with it,
+    the site trains on that local file alone.
     """
-    from splitft.data.prepare import prepare_data
-    from splitft.data.tokenize import TokenizedDataset
-    from splitft.recipes.train import setup
-
+    cfg.validate()
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    n = cfg.federation.num_clients
     if not data_path:
-        return setup(cfg).clients[index]
-    if not Path(data_path).exists():
+        train, heldout = prepare_client_data(cfg.data, tokenizer, n, cfg.seed, index)
+    elif not Path(data_path).exists():
         raise ConfigError(f"data_path {data_path} does not exist on this site")
-    local = cfg.with_overrides({"data.train": data_path, "data.test": "", "data.validation": ""})
-
-    def own_data(tokenizer: Any) -> PreparedData:
-        """All of the local file for this site's client (one partition), nothing for the
-        others: their data lives on their own sites."""
-        own = prepare_data(local.data, tokenizer, 1, cfg.seed)
-        slots = range(cfg.federation.num_clients)
-        own.clients = [own.clients[0] if i == index else TokenizedDataset() for i in slots]
-        own.heldout = [own.heldout[0] if i == index else TokenizedDataset() for i in slots]
-        return own
-
-    return setup(local, prepare=own_data).clients[index]
+    else:
+        local = cfg.with_overrides({"data.train": data_path, "data.test": "", "data.validation": ""})
+        train, heldout = prepare_client_data(local.data, tokenizer, 1, cfg.seed, 0)  # all of the file
+    return build_client(cfg, index, train, heldout, load_shared_model(cfg, tokenizer))

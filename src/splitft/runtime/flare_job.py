@@ -18,6 +18,8 @@ from typing import Any
 
 from splitft.config import Config
 from splitft.errors import ConfigError, SplitFTError
+from splitft.recipes.train import RunResult, resume_config
+from splitft.registry import METHODS
 from splitft.report.rundir import RunDirectory
 
 JOB_NAME = "splitft"
@@ -40,9 +42,10 @@ def _nvflare() -> tuple[Any, Any, Any]:
 
 def check(cfg: Config) -> None:
     """What a FLARE run needs beyond :meth:`Config.validate`."""
-    if cfg.method not in ("splitft", "sfl-fixed"):
+    able = [name for name in METHODS.names() if cfg.runtime in METHODS.get(name).runtimes]
+    if cfg.method not in able:
         raise ConfigError(
-            f"runtime = '{cfg.runtime}' runs the split methods only (splitft, sfl-fixed); "
+            f"runtime = '{cfg.runtime}' runs the methods {', '.join(able)}; "
             f"method = '{cfg.method}' runs with runtime = 'inprocess'"
         )
     sites = cfg.flare.site_configs
@@ -102,8 +105,6 @@ def run_job(cfg: Config, out_dir: str | Path, resume_overrides: dict | None = No
     The FLARE server writes the run directory (on its host: with flare-prod, ``out_dir`` is a
     path on the server host). Returns the run's :class:`~splitft.recipes.train.RunResult`.
     """
-    from splitft.recipes.train import RunResult
-
     cfg.validate()
     check(cfg)
     _nvflare()  # the install hint before anything else
@@ -137,6 +138,19 @@ def run_job(cfg: Config, out_dir: str | Path, resume_overrides: dict | None = No
         shutil.rmtree(workspace, ignore_errors=True)
     run = RunDirectory(run_dir)
     return RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()), run.read_metrics())
+
+
+class FlareLauncher:
+    """The runtime registry's entry for ``flare-sim``, ``flare-poc`` and ``flare-prod``."""
+
+    def train(self, cfg: Config, out_dir: str | Path, progress: bool = False) -> RunResult:
+        return run_job(cfg, out_dir)
+
+    def resume(self, run_dir: str | Path, overrides: dict, progress: bool = False) -> RunResult:
+        return run_job(resume_config(run_dir, overrides), run_dir, resume_overrides=overrides)
+
+
+FLARE = FlareLauncher()
 
 
 def project_yml(

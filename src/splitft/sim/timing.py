@@ -1,4 +1,4 @@
-"""Virtual time of a run: device profiles + cost model + the round clock (design.md 2.8).
+"""Virtual time of a run: device profiles + cost model + the round clock (docs/architecture.md, D8).
 
 :class:`RoundTimer` ties the pieces to a run's config: it knows every client's device, the
 server's, and the model's shape. It predicts a round for any cuts (what the resource policies
@@ -22,7 +22,7 @@ from splitft.sim.costs import (
     whole_model_memory_bytes,
 )
 from splitft.sim.devices import DeviceProfile, parse_profiles, server_profile
-from splitft.wire.codec import ByteLedger
+from splitft.wire.ledger import ByteLedger
 
 
 def server_speed(value: str) -> str | float:
@@ -34,8 +34,18 @@ def server_speed(value: str) -> str | float:
 
 
 class RoundTimer:
-    def __init__(self, cfg: Config, model_config: object, num_blocks: int) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        model_config: object,
+        num_blocks: int,
+        splits: bool = True,
+        heldout_samples: int = 0,
+    ) -> None:
+        """``splits``: whether the method cuts the model (else every cut is moot);
+        ``heldout_samples``: sequences each client scores per round for its policy (0: none)."""
         self.cfg = cfg
+        self.heldout_samples = heldout_samples
         self.shape = ModelShape.from_hf_config(model_config)
         n = cfg.federation.num_clients
         self.devices: list[DeviceProfile] = parse_profiles(cfg.devices.clients or cfg.devices.preset, n)
@@ -46,7 +56,7 @@ class RoundTimer:
         )
         self.whole_model_fits = [d.memory_bytes >= self.whole_model_bytes for d in self.devices]
         """Whether each client's device can train the whole model (fedlora)."""
-        if cfg.method in ("fedlora", "centralized"):  # nobody splits: every cut is moot
+        if not splits:
             self.max_cut = [num_blocks - 1] * n
             return
         fits = check_fits(
@@ -59,10 +69,6 @@ class RoundTimer:
         )
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
-
-    def heldout_samples(self) -> int:
-        """Held-out sequences each client scores per round (only policies that read accuracy)."""
-        return self.cfg.policy.heldout_samples if self.cfg.policy.name in ("accuracy", "splitft") else 0
 
     def predict(self, cuts: Sequence[int]) -> RoundTiming:
         """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
@@ -80,7 +86,7 @@ class RoundTimer:
             r_cut=cfg.lora.client_cut_rank,
             server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
-            heldout_samples=self.heldout_samples(),
+            heldout_samples=self.heldout_samples,
         )
 
     def actual(
@@ -110,7 +116,7 @@ class RoundTimer:
             ]
             mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
             eval_client, eval_server = heldout_flops(
-                self.shape, self.heldout_samples(), cfg.data.max_length, cuts[i]
+                self.shape, self.heldout_samples, cfg.data.max_length, cuts[i]
             )
             works[i] = ClientWork(
                 self.devices[i],

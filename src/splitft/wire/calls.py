@@ -8,11 +8,18 @@ job and is recorded with its round and method.
 from __future__ import annotations
 
 from splitft.runtime.base import CallFailure, Runtime
-from splitft.wire.codec import ByteLedger, bytes_by_kind
+from splitft.wire.codec import bytes_by_kind
+from splitft.wire.ledger import ByteLedger
 
 
 def client_role(client_id: int) -> str:
     return f"client-{client_id}"
+
+
+def drop_report(dropped: set[int], client_id: int, round_number: int, method: str, error: str) -> dict:
+    """Drop ``client_id`` for the rest of the job; the record ``metrics.jsonl`` reports."""
+    dropped.add(client_id)
+    return {"client": client_id, "round": round_number, "method": method, "error": error}
 
 
 def counted_call(
@@ -30,8 +37,7 @@ def counted_call(
     result = runtime.call(client_role(client_id), method, payload)
     ledger.record(round_number, client_id, "down", bytes_by_kind(payload))
     if isinstance(result, CallFailure):
-        dropped.add(client_id)
-        drops.append({"client": client_id, "round": round_number, "method": method, "error": result.error})
+        drops.append(drop_report(dropped, client_id, round_number, method, result.error))
         return None
     ledger.record(round_number, client_id, "up", bytes_by_kind(result))
     return result

@@ -20,7 +20,7 @@ Message::
     per entry: name length u16 | name utf-8 | kind u8 | value type u8 | payload length u64 | payload
     CRC32 u32 of everything before it
 
-Byte accounting: an entry's payload (tensor header + data, or JSON text) counts under its kind, all
+Byte accounting (totals per round, client, direction and kind: ``wire/ledger.py``): an entry's payload (tensor header + data, or JSON text) counts under its kind, all
 framing under "control", so ``sum(bytes_by_kind.values()) == len(data)``.
 """
 
@@ -30,7 +30,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,82 +247,3 @@ def bytes_by_kind(data: bytes | bytearray | memoryview) -> dict[str, int]:
         counts[KINDS[kind]] += len(payload)
     counts["control"] += len(data) - sum(counts.values())
     return counts
-
-
-class ByteLedger:
-    """Bytes that crossed the wire per round, client, direction ("up" = client to server) and kind.
-
-    Calls are summed per (round, client, direction) as they are recorded, so queries stay cheap
-    however many calls a round makes.
-    """
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[int, int, str], dict[str, int]] = {}
-
-    def record(self, round: int, client: int, direction: str, bytes_by_kind: Mapping[str, int]) -> None:
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
-        for kind, n in bytes_by_kind.items():
-            if kind not in KINDS:
-                raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-            if not isinstance(n, int) or n < 0:
-                raise ValueError(f"byte count for {kind!r} must be a non-negative int, got {n!r}")
-        counts = self._counts.setdefault((int(round), int(client), direction), dict.fromkeys(KINDS, 0))
-        for kind, n in bytes_by_kind.items():
-            counts[kind] += n
-
-    def _sum(self, keep: Callable[[int, int], bool]) -> dict[str, Any]:
-        by_kind = dict.fromkeys(KINDS, 0)
-        out: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "bytes_by_kind": by_kind}
-        for (rnd, client, direction), counts in self._counts.items():
-            if keep(rnd, client):
-                out[f"bytes_{direction}"] += sum(counts.values())
-                for kind, n in counts.items():
-                    by_kind[kind] += n
-        return out
-
-    def round_totals(self, round: int) -> dict[str, Any]:
-        """``{"bytes_up", "bytes_down", "bytes_by_kind": {kind: int}}`` for one round (zeros if unseen)."""
-        return self._sum(lambda rnd, _client: rnd == round)
-
-    def totals(self) -> dict[str, Any]:
-        return self._sum(lambda _rnd, _client: True)
-
-    def by_client(self, round: int | None = None) -> dict[int, dict[str, int]]:
-        out: dict[int, dict[str, int]] = {}
-        for (rnd, client, direction), counts in self._counts.items():
-            if round is None or rnd == round:
-                out.setdefault(client, {"up": 0, "down": 0})[direction] += sum(counts.values())
-        return out
-
-    def client_round(self, round: int, client: int) -> dict[str, dict[str, int]]:
-        """One client's bytes in one round: ``{direction: {kind: bytes, "total": bytes}}``."""
-        out = {}
-        for direction in DIRECTIONS:
-            counts = dict(self._counts.get((round, client, direction), dict.fromkeys(KINDS, 0)))
-            counts["total"] = sum(counts.values())
-            out[direction] = counts
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "records": [
-                {"round": r, "client": c, "direction": d, "bytes_by_kind": dict(counts)}
-                for (r, c, d), counts in self._counts.items()
-            ]
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ByteLedger:
-        ledger = cls()
-        ledger.restore(data)
-        return ledger
-
-    def restore(self, data: Mapping[str, Any]) -> None:
-        """Replace the contents with those of a ``to_dict()`` record."""
-        self._counts = {}
-        try:
-            for rec in data["records"]:
-                self.record(rec["round"], rec["client"], rec["direction"], rec["bytes_by_kind"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"not a ByteLedger dict: {err!r}") from None

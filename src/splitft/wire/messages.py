@@ -13,6 +13,9 @@ import torch
 
 from splitft.model.lora import AdapterLayout, Adapters, pad_to, truncate
 from splitft.wire.codec import Entry, decode_message, encode_message
+from splitft.wire.state import join_state, split_state
+
+STATE_ENTRY = "__state__"
 
 
 def adapter_entries(adapters: Mapping[str, torch.Tensor], ranks: Mapping[str, int]) -> list[Entry]:
@@ -38,3 +41,19 @@ def control(**values: object) -> bytes:
 
 def read(data: bytes) -> dict[str, object]:
     return decode_message(data)
+
+
+def state_message(state: Mapping[str, object]) -> bytes:
+    """A role's ``state_dict()`` as codec bytes: each tensor one entry named by its path, the
+    rest one JSON entry (what a checkpoint asks of a client, wherever it runs)."""
+    tensors, rest = split_state(state)
+    entries = [Entry(path, "adapters", t.cpu()) for path, t in tensors.items()]
+    entries.append(Entry(STATE_ENTRY, "control", rest))
+    return encode_message(entries).data
+
+
+def read_state(payload: bytes) -> dict[str, object]:
+    """The state dict :func:`state_message` encoded."""
+    message = read(payload)
+    rest = message.pop(STATE_ENTRY)
+    return join_state({k: v for k, v in message.items() if isinstance(v, torch.Tensor)}, rest)

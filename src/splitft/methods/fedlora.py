@@ -1,0 +1,196 @@
+"""``method = "fedlora"``: federated LoRA without a split, the baseline of the paper.
+
+Every client holds the whole model. Each round it gets the global adapters (every block at
+``r_others``), runs ``local_steps`` steps of plain LoRA fine-tuning on its own data and uploads
+its adapters; the fed server merges them (FedAvg, or the svd merge) into the new global set.
+Only adapters and control records cross the boundary, through the same codec, runtime and
+byte ledger as split learning. A client whose device memory cannot hold the whole model for
+training is *infeasible*: it is left out of every round and reported, never silently run
+(that client is the reason split learning exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from splitft.algorithms.policy import Decision
+from splitft.config import Config
+from splitft.errors import ConfigError, SplitFTError
+from splitft.methods.base import Method, RoundResult, sample_clients
+from splitft.model.lora import AdapterLayout, Adapters, full_ranks
+from splitft.roles.fed_server import FedServer
+from splitft.roles.trainer import WholeModelTrainer
+from splitft.runtime.base import Runtime
+from splitft.sim.clock import VirtualClock
+from splitft.sim.timing import RoundTimer
+from splitft.wire.calls import client_role, counted_call, drop_report
+from splitft.wire.codec import encode_message
+from splitft.wire.ledger import ByteLedger
+from splitft.wire.messages import adapter_entries, control, read, read_state, state_message
+
+if TYPE_CHECKING:
+    from splitft.data.tokenize import TokenizedDataset
+    from splitft.recipes.experiment import Experiment, SharedModel
+
+
+class FedLoraLoop:
+    def __init__(
+        self,
+        cfg: Config,
+        layout: AdapterLayout,
+        runtime: Runtime,
+        fed_server: FedServer,
+        ledger: ByteLedger,
+        timer: RoundTimer,
+        num_blocks: int,
+        feasible: Sequence[bool],
+    ) -> None:
+        self.cfg = cfg
+        self.layout = layout
+        self.runtime = runtime
+        self.fed_server = fed_server
+        self.ledger = ledger
+        self.timer = timer
+        self.num_blocks = num_blocks
+        self.feasible = list(feasible)
+        self.clock = VirtualClock()
+        self.dropped: set[int] = set()
+        self.late_drops: list[dict] = []  # failed outside a round; reported with the next one
+        self.num_clients = cfg.federation.num_clients
+
+    @property
+    def global_adapters(self) -> Adapters:
+        return self.fed_server.global_adapters
+
+    def run_round(self, round_number: int) -> RoundResult:
+        """Global adapters down, local steps, adapters up, a merge over the clients that finished."""
+        dropped, self.late_drops = self.late_drops, []
+        steps = self.cfg.federation.local_steps
+        alive = [i for i in range(self.num_clients) if self.feasible[i] and i not in self.dropped]
+        adapters = encode_message(adapter_entries(self.global_adapters, full_ranks(self.layout))).data
+        request = control(steps=steps, first_step=(round_number - 1) * steps)
+        loss_sum, tokens, shapes, contributions = 0.0, 0, {}, []
+        for i in sample_clients(self.cfg, alive, round_number):
+            if self._call(round_number, i, "begin_round", adapters, dropped) is None:
+                continue
+            if (result := self._call(round_number, i, "train", request, dropped)) is None:
+                continue
+            if (upload := self._call(round_number, i, "end_round", control(), dropped)) is None:
+                continue
+            stats = read(result)["control"]
+            loss_sum, tokens, shapes[i] = (
+                loss_sum + stats["loss_sum"],
+                tokens + stats["tokens"],
+                stats["shapes"],
+            )
+            contributions.append(self.fed_server.contribution(upload, full_ranks(self.layout)))
+        if not contributions:
+            raise SplitFTError(f"round {round_number}: no client finished ({self._why_none(dropped)})")
+        truncation = self.fed_server.merge(contributions)
+        timing = self.timer.whole_model(round_number, shapes, self.ledger)
+        self.clock.advance(timing)
+        return RoundResult(
+            round=round_number,
+            cuts=[self.num_blocks] * self.num_clients,
+            clients=sorted(shapes),
+            train_loss=loss_sum / tokens if tokens else None,
+            train_tokens=tokens,
+            decisions=[
+                Decision(self.num_blocks, "whole model" if ok else "infeasible: the whole model does not fit")
+                for ok in self.feasible
+            ],
+            timing=timing,
+            virtual_s=self.clock.elapsed_s,
+            dropped=dropped,
+            samples=sum(b for s in shapes.values() for b, _ in s),
+            truncation_error=truncation,
+        )
+
+    def _why_none(self, dropped: list[dict]) -> str:
+        failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped)
+        if failures:
+            return failures
+        if self.dropped:
+            return f"every feasible client was dropped in an earlier round: {sorted(self.dropped)}"
+        return "no client's device can train the whole model"
+
+    def _call(
+        self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
+    ) -> bytes | None:
+        return counted_call(
+            self.runtime, self.ledger, self.dropped, dropped, round_number, i, method, payload
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The global set, every client's trainer state (asked through the runtime), the clock,
+        the ledger and who was dropped."""
+        clients = {}
+        for i in range(self.num_clients):
+            if i in self.dropped:
+                continue
+            result = self.runtime.call(client_role(i), "export_state", control())
+            if isinstance(result, bytes):
+                clients[str(i)] = read_state(result)
+            else:
+                self.late_drops.append(
+                    drop_report(self.dropped, i, self.clock.rounds, "export_state", result.error)
+                )
+        return {
+            "fed_server": self.fed_server.state_dict(),
+            "clients": clients,
+            "dropped": sorted(self.dropped),
+            "clock": self.clock.to_dict(),
+            "ledger": self.ledger.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fed_server.load_state_dict(state["fed_server"])
+        self.clock = VirtualClock.from_dict(state["clock"])
+        self.dropped = set(state["dropped"])
+        for key, client_state in state["clients"].items():
+            result = self.runtime.call(client_role(int(key)), "restore_state", state_message(client_state))
+            if not isinstance(result, bytes):
+                report = drop_report(self.dropped, int(key), self.clock.rounds, "restore_state", result.error)
+                self.late_drops.append(report)
+        self.ledger.restore(state["ledger"])
+
+
+class FedLora(Method):
+    name = "fedlora"
+    splits = False
+    sends = ("adapters", "control")
+
+    def check(self, exp: Experiment) -> None:
+        timer, cfg = exp.timer, exp.cfg
+        if not any(timer.whole_model_fits):
+            raise ConfigError(
+                f"method = 'fedlora': no client's device can train the whole model (it needs "
+                f"{timer.whole_model_bytes / 1e6:.0f} MB at batch {cfg.train.batch_size} x {cfg.data.max_length} "
+                f"tokens; devices: {', '.join(d.name for d in timer.devices)}); that is what split learning "
+                "is for: use method = 'splitft' or 'sfl-fixed', or larger devices"
+            )
+
+    def build_client(
+        self, cfg: Config, index: int, train: TokenizedDataset, heldout: TokenizedDataset, shared: SharedModel
+    ) -> WholeModelTrainer:
+        steps = cfg.federation.rounds * cfg.federation.local_steps
+        return WholeModelTrainer(index, shared.model, shared.layout, train, cfg, shared.pad_id, steps)
+
+    def make_loop(self, exp: Experiment, runtime: Runtime | None) -> FedLoraLoop:
+        fed_server = FedServer(exp.layout, dict(exp.initial), exp.cfg.aggregation)
+        fits = exp.timer.whole_model_fits
+        return FedLoraLoop(
+            exp.cfg, exp.layout, runtime, fed_server, exp.ledger, exp.timer, exp.model.num_blocks, fits
+        )
+
+    def trainable_params(self, exp: Experiment, cuts: Sequence[int]) -> tuple[list[int], list[int]]:
+        """All of them on every client that can hold the model (the others train nothing)."""
+        everything = sum(exp.layout.num_params(name, exp.layout.rank) for name in exp.layout.shapes)
+        return [everything if fits else 0 for fits in exp.timer.whole_model_fits], [0] * len(cuts)
+
+    def infeasible_clients(self, exp: Experiment) -> list[int]:
+        return [i for i, ok in enumerate(exp.timer.whole_model_fits) if not ok]
+
+
+FEDLORA = FedLora()

@@ -1,0 +1,160 @@
+"""``setup``: check everything and build the server side of a run; building a client alone.
+
+Roles build alone (docs/architecture.md, "Roles and where they run"):
+
+* :func:`setup` (the server side) validates the config, loads the tokenizer, the data and the
+  model, resolves the starting cuts and the devices, runs the method's own checks and builds
+  the method's server-side role. It builds no client.
+* :func:`build_client` builds one client from the config, its index and its own data, on the
+  model this process holds. In one process :func:`local_runtime` builds every client that way
+  and serves them in-process; a FLARE site builds only its own (``runtime/flare.py``).
+
+Everything that can be wrong with the input is checked in ``setup`` before the run directory
+is created, so a bad run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from splitft.algorithms.policy import resolve_cuts
+from splitft.config import Config
+from splitft.data.prepare import PreparedData, prepare_data
+from splitft.data.tokenize import TokenizedDataset, pad_id_of
+from splitft.errors import ConfigError
+from splitft.methods.base import Method
+from splitft.model.loading import load_model, load_tokenizer
+from splitft.model.lora import AdapterLayout, Adapters, attach_lora, initial_adapters
+from splitft.model.split import SplitModel
+from splitft.registry import METHODS, POLICIES
+from splitft.runtime.inprocess import InProcessRuntime
+from splitft.sim.timing import RoundTimer
+from splitft.wire.calls import client_role
+from splitft.wire.ledger import ByteLedger
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class SharedModel:
+    """The frozen base model with its LoRA slots: what every role in one process shares (each
+    role keeps only its own adapter tensors and optimizer state)."""
+
+    peft_model: PeftModel
+    model: SplitModel
+    layout: AdapterLayout
+    initial: Adapters
+    """The freshly initialised global adapter set (LoRA's A random from the seed, B zero)."""
+    pad_id: int
+
+
+def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
+    """Load ``cfg.model``, inject LoRA at ``r_others`` (seeded) and move it to ``cfg.device``."""
+    base = load_model(
+        cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
+    )
+    family = SplitModel(base).family
+    peft_model = attach_lora(
+        base, family, cfg.lora.r_others, cfg.lora.alpha, cfg.lora.target_modules, cfg.seed
+    )
+    peft_model.to(resolve_device(cfg.device))
+    causal_lm = peft_model.base_model.model
+    model = SplitModel(causal_lm)
+    layout = AdapterLayout.of(causal_lm, model.family)
+    return SharedModel(peft_model, model, layout, initial_adapters(causal_lm), pad_id_of(tokenizer))
+
+
+def build_client(
+    cfg: Config, index: int, train: TokenizedDataset, heldout: TokenizedDataset, shared: SharedModel
+):
+    """Client ``index`` of ``cfg.method`` from its own data (the same on any runtime)."""
+    return METHODS.get(cfg.method).build_client(cfg, index, train, heldout, shared)
+
+
+@dataclass
+class Experiment:
+    """The server side of a run, built and checked by :func:`setup`."""
+
+    cfg: Config
+    method: Method
+    tokenizer: Any
+    shared: SharedModel
+    data: PreparedData
+    cuts: list[int]
+    """Starting cut of every client (split methods)."""
+    timer: RoundTimer
+    ledger: ByteLedger = field(default_factory=ByteLedger)
+    server: Any = None
+    """The method's server-side role (the main server, the pooled trainer), or None."""
+
+    @property
+    def model(self) -> SplitModel:
+        return self.shared.model
+
+    @property
+    def layout(self) -> AdapterLayout:
+        return self.shared.layout
+
+    @property
+    def peft_model(self) -> PeftModel:
+        return self.shared.peft_model
+
+    @property
+    def initial(self) -> Adapters:
+        return self.shared.initial
+
+    @property
+    def pad_id(self) -> int:
+        return self.shared.pad_id
+
+
+def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> Experiment:
+    """Validate ``cfg``, load tokenizer, data and model, and build the server side.
+
+    ``prepare``: given the tokenizer, the data to use instead of ``cfg.data`` split
+    ``federation.num_clients`` ways.
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    resolve_device(cfg.device)  # before anything slow
+    method = METHODS.get(cfg.method)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    if prepare is None:
+        data = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
+    else:
+        data = prepare(tokenizer)
+    shared = load_shared_model(cfg, tokenizer)
+    model = shared.model
+    cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, model.num_blocks)
+    uses_accuracy = method.splits and POLICIES.get(cfg.policy.name).uses_accuracy
+    heldout = cfg.policy.heldout_samples if uses_accuracy else 0
+    timer = RoundTimer(cfg, model.model.config, model.num_blocks, method.splits, heldout)
+    exp = Experiment(cfg, method, tokenizer, shared, data, cuts, timer)
+    method.check(exp)
+    exp.server = method.build_server(exp)
+    return exp
+
+
+def local_runtime(exp: Experiment) -> InProcessRuntime | None:
+    """Every client of ``exp`` built here, on its own data, served in this process (None for a
+    method without clients)."""
+    if not exp.method.uses_clients():
+        return None
+    data, shared = exp.data, exp.shared
+    clients = {
+        client_role(i): build_client(exp.cfg, i, data.clients[i], data.heldout[i], shared)
+        for i in range(exp.cfg.federation.num_clients)
+    }
+    return InProcessRuntime(clients)
