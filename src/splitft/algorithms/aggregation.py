@@ -1,4 +1,4 @@
-"""Merging client changes into the global adapter set (design.md 2.3).
+"""Merging client changes into the global adapter set (docs/architecture.md, D3).
 
 Every client owns a full adapter stack: its client-side copy (blocks ``< cut``, uploaded to the
 fed server) and its server-side copy (blocks ``>= cut``, on the main server). Each copy of a

@@ -1,4 +1,4 @@
-"""Low-rank algebra on LoRA factors (design.md 2.3-2.4).
+"""Low-rank algebra on LoRA factors (docs/architecture.md, D3-D4).
 
 A LoRA update is ``B @ A`` (``B``: out x r, ``A``: r x in). Its factors are defined only up to
 an r x r change of basis, so two things need a fixed basis:

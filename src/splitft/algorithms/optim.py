@@ -1,6 +1,6 @@
 """AdamW with optional linear warm-up and a linear or cosine decay, per adapter owner.
 
-Every role keeps one optimizer per client copy it trains (design.md 2.5): state survives
+Every role keeps one optimizer per client copy it trains (docs/architecture.md, D5): state survives
 rounds and is reset only for an adapter whose basis changed (or that was just handed over
 from the other side of the cut).
 """

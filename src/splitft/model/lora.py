@@ -1,4 +1,4 @@
-"""LoRA through PEFT, with a smaller rank at the cut (design.md 2.2).
+"""LoRA through PEFT, with a smaller rank at the cut (docs/architecture.md, D2).
 
 PEFT injects one adapter configuration at rank ``r_others`` into every block. The model's own
 LoRA parameters are only *slots*: each role keeps its own adapter tensors (a dict from

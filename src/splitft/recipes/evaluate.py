@@ -1,4 +1,4 @@
-"""Scoring an adapter set on held-out text (design.md 2.9), and ``splitft eval`` of a saved adapter.
+"""Scoring an adapter set on held-out text (docs/architecture.md, D9), and ``splitft eval`` of a saved adapter.
 
 Perplexity is ``exp(sum of token NLL / number of scored tokens)`` over the whole evaluated
 set, each sample scored on its own (no sliding window), padding excluded through the attention

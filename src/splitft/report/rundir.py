@@ -1,4 +1,4 @@
-"""The run directory: what a run leaves behind (design.md section 4).
+"""The run directory: what a run leaves behind (docs/architecture.md, "What a run writes").
 
 ``config.toml`` (resolved), ``metrics.jsonl`` (one JSON object per finished round),
 ``summary.json`` (written last: a run directory without it is not complete), PNG plots, and

@@ -1,4 +1,4 @@
-"""Deterministic virtual clock of one round: a discrete-event simulation (design.md 2.8).
+"""Deterministic virtual clock of one round: a discrete-event simulation (docs/architecture.md, D8).
 
 Nothing measured enters: the same profiles, FLOPs and bytes give bit-identical times. Every
 phase of client ``i`` (device ``d``, main server ``S``)::
@@ -24,7 +24,7 @@ after that client's upload. The loop itself waits for the merge first; the clock
 model that barrier, so a fast client's check overlaps the slow ones' training (a round's
 makespan, set by the slowest client, changes little).
 
-``order="parallel"`` (design.md): every client starts at 0, the makespan is when the last one
+``order="parallel"`` (the default, docs/architecture.md D8): every client starts at 0, the makespan is when the last one
 is done. ``order="sequential"`` (the paper's Algorithm 1): each client starts when the one
 before it is done, so the makespan is the sum of the per-client times.
 

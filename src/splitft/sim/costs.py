@@ -1,4 +1,4 @@
-"""FLOPs, bytes and memory of one split step, per cut, from the model's HF config (design.md 2.8).
+"""FLOPs, bytes and memory of one split step, per cut, from the model's HF config (docs/architecture.md, D8).
 
 These are *predictions* for the virtual clock and the resource policy; the round loop passes
 the codec's actual byte counts where it has them. All FLOP and byte counts are exact integers

@@ -1,4 +1,4 @@
-"""Device profiles of clients and of the main server, for the virtual clock (design.md 2.8).
+"""Device profiles of clients and of the main server, for the virtual clock (docs/architecture.md, D8).
 
 A :class:`DeviceProfile` gives *absolute* numbers: effective (sustained) FLOP/s, usable
 memory in bytes, uplink and downlink in bytes/s and one-way latency in seconds. The clock
