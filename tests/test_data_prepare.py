@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from splitft.config import DataConfig
-from splitft.data import PreparedData, TokenizedDataset, WhitespaceTokenizer, collate, prepare_data
+from splitft.data.prepare import PreparedData, prepare_data
+from splitft.data.tokenize import TokenizedDataset, WhitespaceTokenizer, collate
 from splitft.errors import ConfigError, DataError
 
 
@@ -132,13 +133,24 @@ def test_unsplittable_partition_is_a_clear_data_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "num_clients", "seed", "match"),
     [
-        ({"partition": "dirichlet"}, 2, 0, "data.partition must be one of iid, length-dirichlet"),
-        ({"validation_fraction": 1.0}, 2, 0, r"data.validation_fraction must be in \[0, 1\)"),
+        (
+            {"partition": "dirichlet"},
+            2,
+            0,
+            "data.partition = 'dirichlet': must be one of iid, length-dirichlet",
+        ),
+        ({"validation_fraction": 1.0}, 2, 0, r"data.validation_fraction = 1.0: must be in \[0, 1\)"),
         ({"validation_fraction": 0.6, "test_fraction": 0.5}, 2, 0, "must be < 1"),
         ({"max_length": 1}, 2, 0, "data.max_length"),
         ({"max_samples": -1}, 2, 0, "data.max_samples"),
         ({"partition": "length-dirichlet", "alpha": 0.0}, 2, 0, "data.alpha"),
         ({"partition": "length-dirichlet", "bins": 0}, 2, 0, "data.bins"),
+        (
+            {"partition": "length-dirichlet", "alpha": float("inf")},
+            2,
+            0,
+            "data.alpha = inf: must be > 0 and finite",
+        ),
         ({}, 0, 0, "federation.num_clients"),
         ({}, 2, -1, "seed"),
     ],
@@ -331,12 +343,12 @@ def test_loaders_log_what_they_produced_and_facts_describe_clients(
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ({"samples_per_client": -1}, "data.samples_per_client must be >= 0"),
-        ({"partition_by": ""}, "data.partition_by must be 'length' or a meta column name"),
-        ({"partition_by": " genre"}, "data.partition_by must be"),
-        ({"pack": "false"}, "data.pack must be true or false"),
-        ({"response_only": 1}, "data.response_only must be true or false"),
-        ({"keep_headings": None}, "data.keep_headings must be true or false"),
+        ({"samples_per_client": -1}, "data.samples_per_client = -1: must be >= 0"),
+        ({"partition_by": ""}, "data.partition_by = '': must be 'length' or a meta column name"),
+        ({"partition_by": " genre"}, "data.partition_by = ' genre': must be"),
+        ({"pack": "false"}, r"data.pack: expected a boolean \(true/false/1/0/yes/no\), got 'false'"),
+        ({"response_only": 1}, "data.response_only: expected a boolean .*got 1"),
+        ({"keep_headings": None}, "data.keep_headings: expected a boolean .*got None"),
     ],
 )
 def test_bad_new_field_values(tmp_path: Path, override: dict, match: str) -> None:
