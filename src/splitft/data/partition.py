@@ -110,21 +110,10 @@ class Partitioner(ABC):
     def _check_dataset(self, value: Any) -> None:  # noqa: B027 - an optional hook
         """Subclass hook: raise ValueError when ``value`` cannot be partitioned (it is set already)."""
 
-    @property
-    def is_dataset_assigned(self) -> bool:
-        return self._dataset is not None
-
     def load_partition(self, partition_id: int) -> list[int]:
         """Sorted indices (into :attr:`dataset`) of partition ``partition_id``."""
         _check_int("partition_id", partition_id, 0, self._num_partitions - 1)
         return list(self.partitions()[partition_id])
-
-    def load_subset(self, partition_id: int) -> Any:
-        """Partition ``partition_id`` as a dataset (``dataset.subset`` when it has one, else a list)."""
-        indices = self.load_partition(partition_id)
-        if hasattr(self.dataset, "subset"):
-            return self.dataset.subset(indices)
-        return [self.dataset[i] for i in indices]
 
     def partitions(self) -> list[list[int]]:
         """All partitions (computed on first use)."""
@@ -132,9 +121,6 @@ class Partitioner(ABC):
             parts = self._assign(self.dataset)
             self._partitions = [sorted(int(i) for i in part) for part in parts]
         return self._partitions
-
-    def partition_sizes(self) -> list[int]:
-        return [len(p) for p in self.partitions()]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the partitioner's settings."""
@@ -262,10 +248,6 @@ class LengthDirichletPartitioner(Partitioner):
     def alpha(self) -> list[float]:
         return self._alpha.tolist()
 
-    @property
-    def num_bins(self) -> int:
-        return self._num_bins
-
     def _values(self) -> list[Any]:
         """The partition value of every row (computed once)."""
         if self._row_values is None:
@@ -306,12 +288,6 @@ class LengthDirichletPartitioner(Partitioner):
                 self._classes = np.array([lookup[str(v)] for v in values], dtype=np.int64)
                 self._edges = None
         return self._classes
-
-    @property
-    def bin_edges(self) -> list[float] | None:
-        """Inner edges of the length bins (None for categorical classes)."""
-        self.class_of_rows()
-        return None if self._edges is None else self._edges.tolist()
 
     def _split_class(self, members: np.ndarray, p: np.ndarray) -> list[np.ndarray]:
         exact = p * len(members)
