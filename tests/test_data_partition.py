@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitft.data.corpora import Sample, load_wikitext2
 from splitft.data.partition import (
     IidPartitioner,
     LengthDirichletPartitioner,
@@ -22,7 +21,9 @@ from splitft.data.partition import (
     length_bins,
     mean_js_to_global,
 )
+from splitft.data.samples import Sample
 from splitft.data.tokenize import TokenizedDataset, WhitespaceTokenizer, tokenize
+from splitft.data.wikitext import load_wikitext2
 
 from conftest import need_path
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitft.data.corpora import Sample
+from splitft.data.samples import Sample
 from splitft.data.tokenize import (
     IGNORE_INDEX,
     TokenizedDataset,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from splitft.config import DataConfig, check_data
-from splitft.data.corpora import Corpus, Sample, load_corpus
+from splitft.data.corpora import load_corpus
 from splitft.data.partition import (
     IidPartitioner,
     LengthDirichletPartitioner,
@@ -32,6 +32,7 @@ from splitft.data.partition import (
     heldout_split,
     mean_js_to_global,
 )
+from splitft.data.samples import Corpus, Sample
 from splitft.data.tokenize import TokenizedDataset, pack, tokenize
 from splitft.errors import ConfigError, DataError
 

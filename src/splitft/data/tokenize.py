@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitft.data.corpora import Sample
+from splitft.data.samples import Sample
 
 __all__ = [
     "IGNORE_INDEX",
