@@ -14,11 +14,13 @@ from splitft.data.partition import (
     IidPartitioner,
     LengthDirichletPartitioner,
     Partitioner,
-    global_length_histogram,
     heldout_split,
+    length_bins,
+)
+from splitft.data.partition_stats import (
+    global_length_histogram,
     js_divergence,
     length_bin_histograms,
-    length_bins,
     mean_js_to_global,
 )
 from splitft.data.samples import Sample

@@ -30,8 +30,8 @@ from splitft.data.partition import (
     LengthDirichletPartitioner,
     Partitioner,
     heldout_split,
-    mean_js_to_global,
 )
+from splitft.data.partition_stats import mean_js_to_global
 from splitft.data.samples import Corpus, Sample
 from splitft.data.tokenize import TokenizedDataset, pack, tokenize
 from splitft.errors import ConfigError, DataError
@@ -129,6 +129,29 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
     """
     check_data(cfg, num_clients, seed)
     corpus: Corpus = load_corpus(cfg.train, field=cfg.field, keep_headings=cfg.keep_headings)
+    train, splits, sources = _select_samples(cfg, corpus, num_clients, seed)
+
+    response_only = cfg.response_only and any("prompt_chars" in s.meta for s in train)
+    train_ds = tokenize(train, tokenizer, cfg.max_length, response_only=response_only)
+    validation = tokenize(splits["validation"], tokenizer, cfg.max_length, response_only=response_only)
+    test = tokenize(splits["test"], tokenizer, cfg.max_length, response_only=response_only)
+    for split, ds in (("train", train_ds), ("validation", validation), ("test", test)):
+        counts = f"{len(ds)} samples, {ds.num_tokens} tokens, {ds.dropped} dropped"
+        log.info("%s %s (%s): %s", corpus.name, split, sources[split], counts)
+    if len(train_ds) < num_clients:
+        raise DataError(
+            f"data.train has {len(train_ds)} samples after tokenization ({train_ds.dropped} dropped as too "
+            f"short), fewer than federation.num_clients={num_clients}"
+        )
+    partitioner, parts = _partition(cfg, train_ds, num_clients, seed)
+    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
+
+
+def _select_samples(
+    cfg: DataConfig, corpus: Corpus, num_clients: int, seed: int
+) -> tuple[list[Sample], dict[str, list[Sample]], dict[str, str]]:
+    """The training samples (validation/test carved out, ``max_samples`` applied), the
+    validation and test samples, and where each split came from."""
     train = list(corpus.train)
     sources: dict[str, str] = {}
     splits: dict[str, list[Sample]] = {}
@@ -150,24 +173,17 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
         raise DataError(
             f"data.train has {len(train)} samples, fewer than federation.num_clients={num_clients}"
         )
+    return train, splits, {"train": cfg.train, **sources}
 
-    response_only = cfg.response_only and any("prompt_chars" in s.meta for s in train)
-    train_ds = tokenize(train, tokenizer, cfg.max_length, response_only=response_only)
-    validation = tokenize(splits["validation"], tokenizer, cfg.max_length, response_only=response_only)
-    test = tokenize(splits["test"], tokenizer, cfg.max_length, response_only=response_only)
-    sources = {"train": cfg.train, **sources}
-    for split, ds in (("train", train_ds), ("validation", validation), ("test", test)):
-        counts = f"{len(ds)} samples, {ds.num_tokens} tokens, {ds.dropped} dropped"
-        log.info("%s %s (%s): %s", corpus.name, split, sources[split], counts)
-    if len(train_ds) < num_clients:
-        raise DataError(
-            f"data.train has {len(train_ds)} samples after tokenization ({train_ds.dropped} dropped as too "
-            f"short), fewer than federation.num_clients={num_clients}"
-        )
 
+def _partition(
+    cfg: DataConfig, train: TokenizedDataset, num_clients: int, seed: int
+) -> tuple[Partitioner, list[list[int]]]:
+    """The partitioner over ``train`` and every client's sorted indices, capped at
+    ``samples_per_client``."""
     try:
         partitioner = _make_partitioner(cfg, num_clients, seed)
-        partitioner.dataset = train_ds
+        partitioner.dataset = train
     except ValueError as e:  # the partitioner's arguments do not fit: the config is at fault
         raise ConfigError(str(e)) from e
     try:
@@ -180,8 +196,9 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
             f"data.partition={cfg.partition!r} left client(s) {empty} without samples; "
             "lower federation.num_clients or raise data.alpha"
         )
-    parts = [_cap(part, cfg.samples_per_client, (seed, _TAG_CAP, i)) for i, part in enumerate(parts)]
-    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
+    return partitioner, [
+        _cap(part, cfg.samples_per_client, (seed, _TAG_CAP, i)) for i, part in enumerate(parts)
+    ]
 
 
 def _eos_for_packing(tokenizer: Any, response_only: bool) -> int:

@@ -20,11 +20,11 @@ import matplotlib
 import numpy as np
 
 from splitft.config import DataConfig
-from splitft.data.partition import (
+from splitft.data.partition import length_bins
+from splitft.data.partition_stats import (
     global_length_histogram,
     js_divergence,
     length_bin_histograms,
-    length_bins,
     mean_js_to_global,
 )
 from splitft.data.prepare import partition_data
