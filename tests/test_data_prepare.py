@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitft.config import DataConfig
+from splitft.config import Config, DataConfig
 from splitft.data.prepare import PreparedData, prepare_data
 from splitft.data.tokenize import TokenizedDataset, WhitespaceTokenizer, collate
 from splitft.errors import ConfigError, DataError
+
+from _models import tokenizer
+from conftest import need_path
 
 
 def _write_txt(path: Path, n: int) -> Path:
@@ -104,6 +107,37 @@ def test_prompt_response_corpus_trains_on_the_response_only(
     assert item["loss_start"] == 8  # "Question: what is i plus i ? Answer:" = 8 words
     labels = collate([item], pad_id=0)["labels"][0].tolist()
     assert labels[:8] == [-100] * 8 and labels[8:] == item["input_ids"][8:] and len(labels) == 11
+
+
+@pytest.mark.parametrize(
+    ("corpus", "folder", "prompt_head", "prompt_tail"),
+    [
+        ("e2e", "e2e-nlg", "Meaning representation:", "Description:"),
+        ("gsm8k", "gsm8k", "Question:", "Answer:"),
+    ],
+)
+def test_shared_prompt_response_corpora_train_on_the_response(
+    shared_data: Path, corpus: str, folder: str, prompt_head: str, prompt_tail: str
+) -> None:
+    """`--data.train e2e` / `gsm8k` with SmolLM2's tokenizer: the labels mask each prompt."""
+    need_path(shared_data / folder, corpus)
+    overrides = {"data.train": corpus, "data.max_samples": "12", "data.max_length": "256"}
+    cfg = Config().with_overrides({**overrides, "data.heldout_fraction": "0"})
+    cfg.validate()
+    tok = tokenizer()
+    data = prepare_data(cfg.data, tok, num_clients=2, seed=0)
+    assert data.facts["corpus"]["name"] == corpus and data.facts["response_only"] is True
+    assert sum(len(client) for client in data.clients) == 12 and len(data.validation) > 0
+    for client in data.clients:
+        for i in range(len(client)):
+            item = client[i]
+            ids, start = item["input_ids"], item["loss_start"]
+            labels = collate([item], pad_id=0)["labels"][0].tolist()
+            assert 0 < start < len(ids)
+            assert labels[:start] == [-100] * start and labels[start:] == ids[start:]
+            prompt, response = tok.decode(ids[:start]), tok.decode(ids[start:])
+            assert prompt.startswith(prompt_head) and prompt.rstrip().endswith(prompt_tail)
+            assert prompt_head not in response and response.strip()
 
 
 def test_more_clients_than_samples_is_a_data_error(tmp_path: Path) -> None:
