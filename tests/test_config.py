@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from splitft import config as config_module
-from splitft.config import (
-    FIELD_TYPES,
-    SCHEDULES,
-    Config,
-    LoraConfig,
-    add_config_arguments,
-    config_from_args,
-    field_docs,
-)
+from splitft import config_cli
+from splitft.config import FIELD_TYPES, SCHEDULES, Config, LoraConfig
+from splitft.config_cli import add_config_arguments, config_from_args, field_docs
+from splitft.config_io import convert_value
 from splitft.errors import ConfigError
 
 
@@ -133,14 +128,14 @@ def test_with_overrides_leaves_the_original_alone() -> None:
 )
 def test_bool_parsing(text: str, expected: bool) -> None:
     # No field is a bool yet; the converter is exercised directly so the first one works.
-    assert config_module._convert("x.flag", text, bool, parse_strings=True) is expected
+    assert convert_value("x.flag", text, bool, parse_strings=True) is expected
 
 
 def test_bool_rejects_other_words() -> None:
     with pytest.raises(ConfigError, match=r"x\.flag: expected a boolean .*got 'maybe'"):
-        config_module._convert("x.flag", "maybe", bool, parse_strings=True)
+        convert_value("x.flag", "maybe", bool, parse_strings=True)
     with pytest.raises(ConfigError, match="x.flag: expected a boolean"):
-        config_module._convert("x.flag", 1, bool, parse_strings=False)
+        convert_value("x.flag", 1, bool, parse_strings=False)
 
 
 def test_unknown_field_suggests_the_close_match() -> None:
@@ -257,6 +252,12 @@ def test_missing_and_malformed_toml(tmp_path: Path) -> None:
         ({"data.partition": "dirichlet"}, "data.partition = 'dirichlet'"),
         ({"data.alpha": "0"}, "data.alpha = 0.0"),
         ({"data.bins": "0"}, "data.bins = 0"),
+        ({"data.alpha": "inf"}, "data.alpha = inf: must be > 0 and finite"),
+        (
+            {"data.validation_fraction": "0.6", "data.test_fraction": "0.5"},
+            "data.test_fraction = 0.5: must be < 1 - data.validation_fraction = 0.4",
+        ),
+        ({"seed": "-1"}, "seed = -1: must be >= 0"),
         ({"policy.name": "adaptive"}, "policy.name = 'adaptive'"),
         ({"split.cuts": "2,0"}, "split.cuts = [2, 0]: every cut must be >= 1"),
         ({"split.cuts": "1,2"}, "split.cuts = [1, 2]: must hold 0, 1 or num_clients=5 values"),
@@ -379,8 +380,8 @@ def test_help_shows_docstrings_defaults_and_groups() -> None:
 def test_help_survives_percent_signs(monkeypatch: pytest.MonkeyPatch) -> None:
     # argparse %-formats help; a docstring with '%' must not break --help.
     docs = dict(field_docs(LoraConfig), alpha="Scaling in %, like 50%.")
-    real = config_module.field_docs
-    monkeypatch.setattr(config_module, "field_docs", lambda cls: docs if cls is LoraConfig else real(cls))
+    real = config_cli.field_docs
+    monkeypatch.setattr(config_cli, "field_docs", lambda cls: docs if cls is LoraConfig else real(cls))
     assert "Scaling in %, like 50%." in " ".join(_parser().format_help().split())
 
 

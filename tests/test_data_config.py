@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from splitft.config import Config, DataConfig, add_config_arguments, config_from_args, field_docs
+from splitft.config import Config, DataConfig
+from splitft.config_cli import add_config_arguments, config_from_args, field_docs
 from splitft.errors import ConfigError
 
 NEW_FIELDS = ("samples_per_client", "pack", "keep_headings", "response_only", "partition_by")

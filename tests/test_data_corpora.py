@@ -14,17 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitft.data import corpora
-from splitft.data.corpora import (
-    KNOWN_CORPORA,
-    Corpus,
-    load_corpus,
-    load_jsonl,
-    load_shakespeare,
-    load_txt,
-    load_wikitext2,
-    parse_play,
-)
+from splitft.data import samples
+from splitft.data.corpora import KNOWN_CORPORA, load_corpus, load_jsonl, load_txt
+from splitft.data.plays import load_shakespeare, parse_play
+from splitft.data.samples import Corpus
+from splitft.data.wikitext import load_wikitext2
 from splitft.errors import DataError
 
 from conftest import need_path
@@ -260,7 +254,7 @@ def test_wikitext_missing_everywhere_names_paths_and_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("SPLITFT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpora, "_repo_root", lambda: tmp_path / "repo")
+    monkeypatch.setattr(samples, "_repo_root", lambda: tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "datasets" else real(n, *a))
@@ -277,7 +271,7 @@ def test_wikitext_falls_back_to_the_hub_when_datasets_is_installed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("SPLITFT_DATA_DIR", raising=False)
-    monkeypatch.setattr(corpora, "_repo_root", lambda: tmp_path / "repo")
+    monkeypatch.setattr(samples, "_repo_root", lambda: tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     calls = []
 

@@ -10,9 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitft.config import DataConfig
-from splitft.data import PreparedData, TokenizedDataset, WhitespaceTokenizer, collate, prepare_data
+from splitft.config import Config, DataConfig
+from splitft.data.prepare import PreparedData, prepare_data
+from splitft.data.tokenize import TokenizedDataset, WhitespaceTokenizer, collate
 from splitft.errors import ConfigError, DataError
+
+from _models import tokenizer
+from conftest import need_path
 
 
 def _write_txt(path: Path, n: int) -> Path:
@@ -105,6 +109,37 @@ def test_prompt_response_corpus_trains_on_the_response_only(
     assert labels[:8] == [-100] * 8 and labels[8:] == item["input_ids"][8:] and len(labels) == 11
 
 
+@pytest.mark.parametrize(
+    ("corpus", "folder", "prompt_head", "prompt_tail"),
+    [
+        ("e2e", "e2e-nlg", "Meaning representation:", "Description:"),
+        ("gsm8k", "gsm8k", "Question:", "Answer:"),
+    ],
+)
+def test_shared_prompt_response_corpora_train_on_the_response(
+    shared_data: Path, corpus: str, folder: str, prompt_head: str, prompt_tail: str
+) -> None:
+    """`--data.train e2e` / `gsm8k` with SmolLM2's tokenizer: the labels mask each prompt."""
+    need_path(shared_data / folder, corpus)
+    overrides = {"data.train": corpus, "data.max_samples": "12", "data.max_length": "256"}
+    cfg = Config().with_overrides({**overrides, "data.heldout_fraction": "0"})
+    cfg.validate()
+    tok = tokenizer()
+    data = prepare_data(cfg.data, tok, num_clients=2, seed=0)
+    assert data.facts["corpus"]["name"] == corpus and data.facts["response_only"] is True
+    assert sum(len(client) for client in data.clients) == 12 and len(data.validation) > 0
+    for client in data.clients:
+        for i in range(len(client)):
+            item = client[i]
+            ids, start = item["input_ids"], item["loss_start"]
+            labels = collate([item], pad_id=0)["labels"][0].tolist()
+            assert 0 < start < len(ids)
+            assert labels[:start] == [-100] * start and labels[start:] == ids[start:]
+            prompt, response = tok.decode(ids[:start]), tok.decode(ids[start:])
+            assert prompt.startswith(prompt_head) and prompt.rstrip().endswith(prompt_tail)
+            assert prompt_head not in response and response.strip()
+
+
 def test_more_clients_than_samples_is_a_data_error(tmp_path: Path) -> None:
     cfg = DataConfig(train=str(_write_txt(tmp_path / "c.txt", 10)))
     with pytest.raises(DataError, match=r"data.train has 9 samples, fewer than federation.num_clients=12"):
@@ -132,13 +167,24 @@ def test_unsplittable_partition_is_a_clear_data_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "num_clients", "seed", "match"),
     [
-        ({"partition": "dirichlet"}, 2, 0, "data.partition must be one of iid, length-dirichlet"),
-        ({"validation_fraction": 1.0}, 2, 0, r"data.validation_fraction must be in \[0, 1\)"),
+        (
+            {"partition": "dirichlet"},
+            2,
+            0,
+            "data.partition = 'dirichlet': must be one of iid, length-dirichlet",
+        ),
+        ({"validation_fraction": 1.0}, 2, 0, r"data.validation_fraction = 1.0: must be in \[0, 1\)"),
         ({"validation_fraction": 0.6, "test_fraction": 0.5}, 2, 0, "must be < 1"),
         ({"max_length": 1}, 2, 0, "data.max_length"),
         ({"max_samples": -1}, 2, 0, "data.max_samples"),
         ({"partition": "length-dirichlet", "alpha": 0.0}, 2, 0, "data.alpha"),
         ({"partition": "length-dirichlet", "bins": 0}, 2, 0, "data.bins"),
+        (
+            {"partition": "length-dirichlet", "alpha": float("inf")},
+            2,
+            0,
+            "data.alpha = inf: must be > 0 and finite",
+        ),
         ({}, 0, 0, "federation.num_clients"),
         ({}, 2, -1, "seed"),
     ],
@@ -331,12 +377,12 @@ def test_loaders_log_what_they_produced_and_facts_describe_clients(
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ({"samples_per_client": -1}, "data.samples_per_client must be >= 0"),
-        ({"partition_by": ""}, "data.partition_by must be 'length' or a meta column name"),
-        ({"partition_by": " genre"}, "data.partition_by must be"),
-        ({"pack": "false"}, "data.pack must be true or false"),
-        ({"response_only": 1}, "data.response_only must be true or false"),
-        ({"keep_headings": None}, "data.keep_headings must be true or false"),
+        ({"samples_per_client": -1}, "data.samples_per_client = -1: must be >= 0"),
+        ({"partition_by": ""}, "data.partition_by = '': must be 'length' or a meta column name"),
+        ({"partition_by": " genre"}, "data.partition_by = ' genre': must be"),
+        ({"pack": "false"}, r"data.pack: expected a boolean \(true/false/1/0/yes/no\), got 'false'"),
+        ({"response_only": 1}, "data.response_only: expected a boolean .*got 1"),
+        ({"keep_headings": None}, "data.keep_headings: expected a boolean .*got None"),
     ],
 )
 def test_bad_new_field_values(tmp_path: Path, override: dict, match: str) -> None:

@@ -11,14 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitft.data.corpora import Sample
+from splitft.data.samples import Sample
 from splitft.data.tokenize import (
     IGNORE_INDEX,
     TokenizedDataset,
     WhitespaceTokenizer,
     batches,
     collate,
-    eval_batches,
     pack,
     pad_id_of,
     tokenize,
@@ -182,12 +181,6 @@ def test_batches_options() -> None:
         args = {"dataset_len": 4, "batch_size": 2, "seed": 0} | kwargs
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             next(batches(**args))
-
-
-def test_eval_batches() -> None:
-    assert eval_batches(5, 2) == [[0, 1], [2, 3], [4]]
-    assert eval_batches(5, 2, limit=3) == [[0, 1], [2]]
-    assert eval_batches(0, 2) == []
 
 
 def test_pad_id_of_falls_back_to_eos() -> None:

@@ -8,31 +8,24 @@ command line as ``--section.field value`` (``--seed 3`` for top-level fields).
 
 from __future__ import annotations
 
-import argparse
-import ast
-import contextlib
 import copy
 import difflib
-import inspect
+import math
 import os
-import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import tomli_w
 
+from splitft.config_io import convert_value, load_toml
 from splitft.errors import ConfigError
 from splitft.registry import METHODS, POLICIES, RUNTIMES
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
-    import tomli as tomllib
-
-# Allowed values of the choice fields; modules that add a schedule, codec, runtime, ... extend
-# these, and validate() reads them at call time.
+# Allowed values of the choice fields, defined here only: the modules that act on them import
+# these names. Modules that add a schedule, codec, runtime, ... extend these, and validate()
+# reads them at call time.
 SCHEDULES = ("constant", "linear", "cosine")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("fedavg", "svd")
@@ -41,6 +34,10 @@ PARTITIONS = ("iid", "length-dirichlet")
 DEVICE_PRESETS = ("homogeneous", "hetero")
 CLOCK_ORDERS = ("parallel", "sequential")
 CUT_RANK_SIDES = ("none", "client", "both")
+DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
+"""Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
+SERVER_LOADS = ("idle", "busy")
+"""Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
 
 
 @dataclass
@@ -300,34 +297,16 @@ class Config:
             if key not in FIELD_TYPES:
                 raise _unknown_key(key)
             owner, name = _owner(self, key)
-            setattr(owner, name, _convert(key, value, FIELD_TYPES[key], parse_strings))
+            setattr(owner, name, convert_value(key, value, FIELD_TYPES[key], parse_strings))
         return self
 
     def validate(self) -> None:
         """Raise ConfigError on the first value that is not allowed (model-depth checks come later)."""
-        for key, tp in FIELD_TYPES.items():  # catches wrong types set from Python directly
-            _convert(key, getattr(*_owner(self, key)), tp, parse_strings=False)
-        for key, ok, allowed in _rules(self):
-            value = getattr(*_owner(self, key))
-            if not ok(value):  # `not ok` rather than a negated test, so NaN fails every range
-                raise ConfigError(f"{key} = {value!r}: {allowed}")
+        _check(self, FIELD_TYPES)
 
 
 PRESET_KEYS = ("description", "compare")
 """Top-level keys of a preset file that are not config fields."""
-
-
-def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A TOML file as a dict; a missing or invalid file is a ConfigError naming it."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
 _HINTS = get_type_hints(Config)
@@ -348,16 +327,16 @@ _MINIMUM = {
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
-    "policy.slack": 0, "call_timeout_s": 0,
+    "policy.slack": 0, "call_timeout_s": 0, "seed": 0,
 }
 # fmt: on
-_POSITIVE = ("lora.alpha", "train.lr", "data.alpha")
+_POSITIVE = ("lora.alpha", "train.lr")
 _FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
 
 
 def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, test, what is allowed) of every check; built per call so extended choice sets count."""
-    n, r_others = cfg.federation.num_clients, cfg.lora.r_others
+    n, r_others, vf = cfg.federation.num_clients, cfg.lora.r_others, cfg.data.validation_fraction
     # fmt: off
     choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
@@ -368,7 +347,13 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
         *((key, lambda v: v > 0, "must be > 0") for key in _POSITIVE),
+        ("data.alpha", lambda v: 0 < v < math.inf, "must be > 0 and finite"),
         *((key, lambda v: 0 <= v < 1, "must be in [0, 1)") for key in _FRACTIONS),
+        (
+            "data.test_fraction",
+            lambda v: v + vf < 1,
+            f"must be < 1 - data.validation_fraction = {1 - vf:g}",
+        ),
         *((key, lambda v, a=a: v in a, f"must be one of {', '.join(a)}") for key, a in choices.items()),
         ("federation.clients_per_round", lambda v: 0 <= v <= n, f"must be in [0, num_clients={n}]"),
         ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
@@ -386,20 +371,27 @@ def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     return METHODS.get(cfg.method).config_rules(cfg)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, on one line (undocumented fields left out)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:], strict=False):  # each statement with the one after it
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
+_DATA_KEYS = frozenset(
+    (*(key for key in FIELD_TYPES if key.startswith("data.")), "federation.num_clients", "seed")
+)
+"""What the data layer reads: the [data] fields and prepare_data's num_clients and seed."""
+
+
+def check_data(cfg: DataConfig, num_clients: int, seed: int) -> None:
+    """The checks of :meth:`Config.validate` on what the data layer reads (``cfg``, the number of
+    clients and the seed); :func:`splitft.data.prepare.partition_data` calls it first."""
+    _check(Config(data=cfg, federation=FederationConfig(num_clients=num_clients), seed=seed), _DATA_KEYS)
+
+
+def _check(cfg: Config, keys: Collection[str]) -> None:
+    """Raise ConfigError on the first value of ``keys`` that is not allowed: types, then rules."""
+    for key in FIELD_TYPES:
+        if key in keys:  # catches wrong types set from Python directly
+            convert_value(key, getattr(*_owner(cfg, key)), FIELD_TYPES[key], parse_strings=False)
+    for key, ok, allowed in _rules(cfg):
+        value = getattr(*_owner(cfg, key))
+        if key in keys and not ok(value):  # `not ok` rather than a negated test, so NaN fails every range
+            raise ConfigError(f"{key} = {value!r}: {allowed}")
 
 
 def _owner(cfg: Config, key: str) -> tuple[Any, str]:
@@ -418,87 +410,3 @@ def _unknown_key(key: str) -> ConfigError:
     guess = difflib.get_close_matches(key, FIELD_TYPES, n=1)
     hint = f"; did you mean '{guess[0]}'? " if guess else "; "
     return ConfigError(f"unknown field '{key}'{hint}{allowed}")
-
-
-def _parse_bool(text: str) -> bool:
-    word = text.strip().lower()
-    if word not in ("true", "1", "yes", "false", "0", "no"):
-        raise ValueError(text)
-    return word in ("true", "1", "yes")
-
-
-def _split_list(text: str) -> list[str]:
-    """'a,b', '[a, b]' -> ['a', 'b']; '' and '[]' -> []."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-# field type -> (parser of its command-line text, what an error says is expected, CLI metavar)
-_TYPES: dict[Any, tuple[Callable[[str], Any], str, str]] = {
-    int: (int, "an integer", "INT"),
-    float: (float, "a number", "FLOAT"),
-    str: (str, "a string", "STR"),
-    bool: (_parse_bool, "a boolean (true/false/1/0/yes/no)", "BOOL"),
-    list[int]: (lambda text: [int(x) for x in _split_list(text)], "a list of integers (e.g. 2,4,6)", "INTS"),
-    list[str]: (_split_list, "a list of strings (e.g. q_proj,v_proj)", "STRS"),
-}
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    if get_origin(tp) is list:
-        return isinstance(value, list) and all(_matches(v, get_args(tp)[0]) for v in value)
-    if isinstance(value, bool):  # bool is an int subclass, but True is no batch size
-        return tp is bool
-    return isinstance(value, (int, float)) if tp is float else isinstance(value, tp)
-
-
-def _convert(key: str, value: Any, tp: Any, parse_strings: bool) -> Any:
-    """``value`` checked against ``tp`` (parsed first if it is command-line text), normalized."""
-    parsed = value
-    if parse_strings and isinstance(value, str):
-        with contextlib.suppress(ValueError):  # a failed parse is reported below, with the text
-            parsed = _TYPES[tp][0](value)
-    if not _matches(parsed, tp):
-        raise ConfigError(f"{key}: expected {_TYPES[tp][1]}, got {value!r}")
-    if tp is float:
-        return float(parsed)
-    return list(parsed) if isinstance(parsed, list) else parsed  # never alias the caller's list
-
-
-def _show(value: Any) -> str:
-    """A default as one would type it on the command line."""
-    if isinstance(value, list):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return repr(value) if value == "" else str(value)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--section.field`` (and ``--seed`` etc.) for every field, one help group per section.
-
-    Options default to ``argparse.SUPPRESS`` so the namespace holds only those given.
-    """
-    groups = {name: (parser.add_argument_group(f"[{name}]"), cls) for name, cls in SECTIONS.items()}
-    groups[""] = (parser.add_argument_group("[top-level]"), Config)
-    docs = {section: field_docs(cls) for section, (_, cls) in groups.items()}
-    defaults = Config()
-    for key, tp in FIELD_TYPES.items():
-        section, _, name = key.rpartition(".")
-        help_text = f"{docs[section].get(name, '')} (default: {_show(getattr(*_owner(defaults, key)))})"
-        groups[section][0].add_argument(
-            f"--{key}",
-            dest=key,
-            type=str,  # parsed by with_overrides, so CLI and Python overrides share one parser
-            default=argparse.SUPPRESS,
-            metavar=_TYPES[tp][2],
-            help=help_text.strip().replace("%", "%%"),  # argparse %-formats help strings
-        )
-
-
-def config_from_args(ns: argparse.Namespace, config_file: str | os.PathLike[str] | None) -> Config:
-    """Load ``config_file`` (or the defaults), apply the options given, validate and return it."""
-    cfg = Config.from_toml(config_file) if config_file else Config()
-    cfg = cfg.with_overrides({k: v for k, v in vars(ns).items() if k in FIELD_TYPES})
-    cfg.validate()
-    return cfg

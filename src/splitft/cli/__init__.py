@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from splitft.config import FIELD_TYPES, Config, add_config_arguments, config_from_args
+from splitft.config import FIELD_TYPES, Config
+from splitft.config_cli import add_config_arguments, config_from_args
 from splitft.errors import ConfigError, SplitFTError
 
 TOP_LEVEL = {key for key in FIELD_TYPES if "." not in key}

@@ -14,8 +14,8 @@ a shuffled copy of a dataset gives every client the same samples.
   parts ``p_i * n_bin - floor(p_i * n_bin)`` (ties: lower client id). So, without a cap, every
   sample is assigned exactly once.
 
-Helpers: :func:`length_bin_histograms`, :func:`global_length_histogram`,
-:func:`js_divergence`, :func:`mean_js_to_global` and :func:`heldout_split`.
+Helpers: :func:`length_bins` and :func:`heldout_split`; the skew measures (histograms, JS
+divergence) are in :mod:`splitft.data.partition_stats`.
 """
 
 from __future__ import annotations
@@ -29,20 +29,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "IidPartitioner",
-    "LengthDirichletPartitioner",
-    "Partitioner",
-    "global_length_histogram",
-    "heldout_split",
-    "js_divergence",
-    "length_bin_histograms",
-    "length_bins",
-    "mean_js_to_global",
-]
+__all__ = ["IidPartitioner", "LengthDirichletPartitioner", "Partitioner", "heldout_split", "length_bins"]
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an int when it is an integer in [low, high]; else ValueError naming ``name``."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < low or (high is not None and value > high):
         allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
@@ -75,8 +66,8 @@ class Partitioner(ABC):
     """Base class: holds the dataset (set once) and the lazily computed assignment."""
 
     def __init__(self, num_partitions: int, seed: int = 42) -> None:
-        self._num_partitions = _check_int("num_partitions", num_partitions, 1)
-        self._seed = _check_int("seed", seed, 0)
+        self._num_partitions = check_int("num_partitions", num_partitions, 1)
+        self._seed = check_int("seed", seed, 0)
         self._dataset: Any = None
         self._partitions: list[list[int]] | None = None
 
@@ -110,21 +101,10 @@ class Partitioner(ABC):
     def _check_dataset(self, value: Any) -> None:  # noqa: B027 - an optional hook
         """Subclass hook: raise ValueError when ``value`` cannot be partitioned (it is set already)."""
 
-    @property
-    def is_dataset_assigned(self) -> bool:
-        return self._dataset is not None
-
     def load_partition(self, partition_id: int) -> list[int]:
         """Sorted indices (into :attr:`dataset`) of partition ``partition_id``."""
-        _check_int("partition_id", partition_id, 0, self._num_partitions - 1)
+        check_int("partition_id", partition_id, 0, self._num_partitions - 1)
         return list(self.partitions()[partition_id])
-
-    def load_subset(self, partition_id: int) -> Any:
-        """Partition ``partition_id`` as a dataset (``dataset.subset`` when it has one, else a list)."""
-        indices = self.load_partition(partition_id)
-        if hasattr(self.dataset, "subset"):
-            return self.dataset.subset(indices)
-        return [self.dataset[i] for i in indices]
 
     def partitions(self) -> list[list[int]]:
         """All partitions (computed on first use)."""
@@ -132,9 +112,6 @@ class Partitioner(ABC):
             parts = self._assign(self.dataset)
             self._partitions = [sorted(int(i) for i in part) for part in parts]
         return self._partitions
-
-    def partition_sizes(self) -> list[int]:
-        return [len(p) for p in self.partitions()]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of the partitioner's settings."""
@@ -220,20 +197,20 @@ class LengthDirichletPartitioner(Partitioner):
     ) -> None:
         super().__init__(num_partitions, seed)
         self._alpha = self._check_alpha(alpha, num_partitions)
-        self._num_bins = _check_int("num_bins", num_bins, 1)
+        self._num_bins = check_int("num_bins", num_bins, 1)
         if not (callable(partition_by) or isinstance(partition_by, str)):
             raise ValueError(
                 f"partition_by must be 'length', a meta column name or a callable, got {partition_by!r}"
             )
         self._partition_by = partition_by
-        self._min_partition_size = _check_int("min_partition_size", min_partition_size, 0)
+        self._min_partition_size = check_int("min_partition_size", min_partition_size, 0)
         self._shuffle = bool(shuffle)
         if max_samples_per_partition is not None:
-            _check_int(
+            check_int(
                 "max_samples_per_partition", max_samples_per_partition, max(1, self._min_partition_size)
             )
         self._max_samples = max_samples_per_partition
-        self._max_redraws = _check_int("max_redraws", max_redraws, 0)
+        self._max_redraws = check_int("max_redraws", max_redraws, 0)
         self._row_values: list[Any] | None = None
         self._classes: np.ndarray | None = None
         self._edges: np.ndarray | None = None
@@ -261,10 +238,6 @@ class LengthDirichletPartitioner(Partitioner):
     @property
     def alpha(self) -> list[float]:
         return self._alpha.tolist()
-
-    @property
-    def num_bins(self) -> int:
-        return self._num_bins
 
     def _values(self) -> list[Any]:
         """The partition value of every row (computed once)."""
@@ -306,12 +279,6 @@ class LengthDirichletPartitioner(Partitioner):
                 self._classes = np.array([lookup[str(v)] for v in values], dtype=np.int64)
                 self._edges = None
         return self._classes
-
-    @property
-    def bin_edges(self) -> list[float] | None:
-        """Inner edges of the length bins (None for categorical classes)."""
-        self.class_of_rows()
-        return None if self._edges is None else self._edges.tolist()
 
     def _split_class(self, members: np.ndarray, p: np.ndarray) -> list[np.ndarray]:
         exact = p * len(members)
@@ -371,71 +338,6 @@ class LengthDirichletPartitioner(Partitioner):
         }
 
 
-# --------------------------------------------------------------------------- skew measures
-
-
-def _length_classes(partitioner: Partitioner, num_bins: int | None) -> np.ndarray:
-    if isinstance(partitioner, LengthDirichletPartitioner) and num_bins is None:
-        return partitioner.class_of_rows()
-    ds = partitioner.dataset
-    if not hasattr(ds, "lengths"):
-        raise ValueError("length histograms need a dataset with a 'lengths' property")
-    return length_bins(list(ds.lengths), 10 if num_bins is None else _check_int("num_bins", num_bins, 1))[0]
-
-
-def length_bin_histograms(partitioner: Partitioner, num_bins: int | None = None) -> np.ndarray:
-    """Per-client normalised histograms over the global length bins, shape (clients, bins).
-
-    The bins are the partitioner's own classes for a :class:`LengthDirichletPartitioner`
-    (unless ``num_bins`` is given), else ``num_bins`` (default 10) quantile bins of the
-    dataset's ``lengths``. An empty partition gives a row of zeros.
-    """
-    classes = _length_classes(partitioner, num_bins)
-    width = int(classes.max()) + 1 if classes.size else 0
-    hists = np.zeros((partitioner.num_partitions, width))
-    for client, part in enumerate(partitioner.partitions()):
-        counts = np.bincount(classes[part], minlength=width).astype(np.float64)
-        hists[client] = counts / counts.sum() if counts.sum() else counts
-    return hists
-
-
-def global_length_histogram(partitioner: Partitioner, num_bins: int | None = None) -> np.ndarray:
-    """Normalised histogram of the whole dataset over the same bins as :func:`length_bin_histograms`."""
-    classes = _length_classes(partitioner, num_bins)
-    counts = np.bincount(classes).astype(np.float64)
-    return counts / counts.sum()
-
-
-def js_divergence(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
-    """Jensen-Shannon divergence of two histograms in bits (base 2), in [0, 1].
-
-    Inputs are normalised first; they must be non-negative, of the same shape, with a
-    positive sum.
-    """
-    a, b = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"p and q must be 1-D of the same length, got shapes {a.shape} and {b.shape}")
-    for name, arr in (("p", a), ("q", b)):
-        if np.any(arr < 0) or not np.all(np.isfinite(arr)) or arr.sum() <= 0:
-            raise ValueError(f"{name} must be non-negative and finite with a positive sum")
-    a, b = a / a.sum(), b / b.sum()
-    m = (a + b) / 2
-
-    def kl(x: np.ndarray) -> float:
-        mask = x > 0
-        return float(np.sum(x[mask] * np.log2(x[mask] / m[mask])))
-
-    return float(min(1.0, max(0.0, (kl(a) + kl(b)) / 2)))
-
-
-def mean_js_to_global(partitioner: Partitioner, num_bins: int | None = None) -> float:
-    """Mean JS divergence between each non-empty client's length histogram and the global one."""
-    hists = length_bin_histograms(partitioner, num_bins)
-    reference = global_length_histogram(partitioner, num_bins)
-    values = [js_divergence(h, reference) for h in hists if h.sum() > 0]
-    return float(np.mean(values)) if values else 0.0
-
-
 def heldout_split(
     indices: Sequence[int], fraction: float, seed: int | Sequence[int]
 ) -> tuple[list[int], list[int]]:
@@ -448,7 +350,7 @@ def heldout_split(
     if not isinstance(fraction, numbers.Real) or isinstance(fraction, bool) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
     for part in [seed] if isinstance(seed, numbers.Integral) else seed:
-        _check_int("seed", part, 0)
+        check_int("seed", part, 0)
     items = sorted(int(i) for i in indices)
     n_held = min(int(math.floor(fraction * len(items) + 0.5)), max(len(items) - 1, 0))
     chosen = set(np.random.default_rng(seed).permutation(len(items))[:n_held].tolist())

@@ -23,30 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from splitft.config import DataConfig
-from splitft.data.corpora import Corpus, Sample, load_corpus
+from splitft.config import DataConfig, check_data
+from splitft.data.corpora import load_corpus
 from splitft.data.partition import (
     IidPartitioner,
     LengthDirichletPartitioner,
     Partitioner,
     heldout_split,
-    mean_js_to_global,
 )
+from splitft.data.partition_stats import mean_js_to_global
+from splitft.data.samples import Corpus, Sample
 from splitft.data.tokenize import TokenizedDataset, pack, tokenize
 from splitft.errors import ConfigError, DataError
 
-__all__ = [
-    "PARTITIONS",
-    "PartitionedData",
-    "PreparedData",
-    "partition_data",
-    "prepare_client_data",
-    "prepare_data",
-]
+__all__ = ["PartitionedData", "PreparedData", "partition_data", "prepare_client_data", "prepare_data"]
 
 log = logging.getLogger("splitft.data")
 
-PARTITIONS = ("iid", "length-dirichlet")
 # Stream tags so that each random choice has its own generator derived from the run seed.
 _TAG_VALIDATION, _TAG_TEST, _TAG_MAX_SAMPLES, _TAG_HELDOUT, _TAG_CAP = 1, 2, 3, 4, 5
 
@@ -81,42 +74,6 @@ class PreparedData:
     test: TokenizedDataset
     facts: dict[str, Any] = field(default_factory=dict)
     """JSON-able summary: corpus, samples and tokens per split and per client, partition."""
-
-
-def _check_config(cfg: DataConfig, num_clients: int, seed: int) -> None:
-    if not isinstance(num_clients, int) or num_clients < 1:
-        raise ConfigError(f"federation.num_clients must be an integer >= 1, got {num_clients!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    if cfg.partition not in PARTITIONS:
-        raise ConfigError(f"data.partition must be one of {', '.join(PARTITIONS)}, got {cfg.partition!r}")
-    if cfg.max_length < 2:
-        raise ConfigError(f"data.max_length must be >= 2, got {cfg.max_length}")
-    if cfg.max_samples < 0:
-        raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {cfg.max_samples}")
-    if cfg.samples_per_client < 0:
-        raise ConfigError(f"data.samples_per_client must be >= 0 (0 = no cap), got {cfg.samples_per_client}")
-    if not cfg.partition_by or cfg.partition_by != cfg.partition_by.strip():
-        raise ConfigError(
-            f"data.partition_by must be 'length' or a meta column name, got {cfg.partition_by!r}"
-        )
-    for name in ("pack", "keep_headings", "response_only"):
-        if not isinstance(getattr(cfg, name), bool):  # a string such as "false" would be truthy
-            raise ConfigError(f"data.{name} must be true or false, got {getattr(cfg, name)!r}")
-    for name in ("validation_fraction", "test_fraction", "heldout_fraction"):
-        value = getattr(cfg, name)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"data.{name} must be in [0, 1), got {value}")
-    if cfg.validation_fraction + cfg.test_fraction >= 1.0:
-        raise ConfigError(
-            "data.validation_fraction + data.test_fraction must be < 1, got "
-            f"{cfg.validation_fraction} + {cfg.test_fraction}"
-        )
-    if cfg.partition == "length-dirichlet":
-        if not cfg.alpha > 0 or not math.isfinite(cfg.alpha):
-            raise ConfigError(f"data.alpha must be > 0, got {cfg.alpha}")
-        if cfg.bins < 1:
-            raise ConfigError(f"data.bins must be >= 1, got {cfg.bins}")
 
 
 def _carve(
@@ -166,11 +123,35 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
 
     Logs one INFO line per split (``splitft.data``). Raises DataError for unusable data
     (including more clients than training samples, or a partition that comes out empty) and
-    ConfigError for out-of-range config values, including a partitioner's refusal of its
-    arguments (e.g. a ``partition_by`` column the samples lack).
+    ConfigError for the values :meth:`~splitft.config.Config.validate` rejects (checked first,
+    by :func:`~splitft.config.check_data`) and for a partitioner's refusal of its arguments
+    (e.g. a ``partition_by`` column the samples lack).
     """
-    _check_config(cfg, num_clients, seed)
+    check_data(cfg, num_clients, seed)
     corpus: Corpus = load_corpus(cfg.train, field=cfg.field, keep_headings=cfg.keep_headings)
+    train, splits, sources = _select_samples(cfg, corpus, num_clients, seed)
+
+    response_only = cfg.response_only and any("prompt_chars" in s.meta for s in train)
+    train_ds = tokenize(train, tokenizer, cfg.max_length, response_only=response_only)
+    validation = tokenize(splits["validation"], tokenizer, cfg.max_length, response_only=response_only)
+    test = tokenize(splits["test"], tokenizer, cfg.max_length, response_only=response_only)
+    for split, ds in (("train", train_ds), ("validation", validation), ("test", test)):
+        counts = f"{len(ds)} samples, {ds.num_tokens} tokens, {ds.dropped} dropped"
+        log.info("%s %s (%s): %s", corpus.name, split, sources[split], counts)
+    if len(train_ds) < num_clients:
+        raise DataError(
+            f"data.train has {len(train_ds)} samples after tokenization ({train_ds.dropped} dropped as too "
+            f"short), fewer than federation.num_clients={num_clients}"
+        )
+    partitioner, parts = _partition(cfg, train_ds, num_clients, seed)
+    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
+
+
+def _select_samples(
+    cfg: DataConfig, corpus: Corpus, num_clients: int, seed: int
+) -> tuple[list[Sample], dict[str, list[Sample]], dict[str, str]]:
+    """The training samples (validation/test carved out, ``max_samples`` applied), the
+    validation and test samples, and where each split came from."""
     train = list(corpus.train)
     sources: dict[str, str] = {}
     splits: dict[str, list[Sample]] = {}
@@ -192,24 +173,17 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
         raise DataError(
             f"data.train has {len(train)} samples, fewer than federation.num_clients={num_clients}"
         )
+    return train, splits, {"train": cfg.train, **sources}
 
-    response_only = cfg.response_only and any("prompt_chars" in s.meta for s in train)
-    train_ds = tokenize(train, tokenizer, cfg.max_length, response_only=response_only)
-    validation = tokenize(splits["validation"], tokenizer, cfg.max_length, response_only=response_only)
-    test = tokenize(splits["test"], tokenizer, cfg.max_length, response_only=response_only)
-    sources = {"train": cfg.train, **sources}
-    for split, ds in (("train", train_ds), ("validation", validation), ("test", test)):
-        counts = f"{len(ds)} samples, {ds.num_tokens} tokens, {ds.dropped} dropped"
-        log.info("%s %s (%s): %s", corpus.name, split, sources[split], counts)
-    if len(train_ds) < num_clients:
-        raise DataError(
-            f"data.train has {len(train_ds)} samples after tokenization ({train_ds.dropped} dropped as too "
-            f"short), fewer than federation.num_clients={num_clients}"
-        )
 
+def _partition(
+    cfg: DataConfig, train: TokenizedDataset, num_clients: int, seed: int
+) -> tuple[Partitioner, list[list[int]]]:
+    """The partitioner over ``train`` and every client's sorted indices, capped at
+    ``samples_per_client``."""
     try:
         partitioner = _make_partitioner(cfg, num_clients, seed)
-        partitioner.dataset = train_ds
+        partitioner.dataset = train
     except ValueError as e:  # the partitioner's arguments do not fit: the config is at fault
         raise ConfigError(str(e)) from e
     try:
@@ -222,8 +196,9 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
             f"data.partition={cfg.partition!r} left client(s) {empty} without samples; "
             "lower federation.num_clients or raise data.alpha"
         )
-    parts = [_cap(part, cfg.samples_per_client, (seed, _TAG_CAP, i)) for i, part in enumerate(parts)]
-    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
+    return partitioner, [
+        _cap(part, cfg.samples_per_client, (seed, _TAG_CAP, i)) for i, part in enumerate(parts)
+    ]
 
 
 def _eos_for_packing(tokenizer: Any, response_only: bool) -> int:

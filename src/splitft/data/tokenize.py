@@ -8,8 +8,7 @@
 * :func:`collate` pads a list of items into ``input_ids`` / ``attention_mask`` / ``labels``
   tensors. Padding is marked by the attention mask only, never recognised by token id (the pad
   id may equal the EOS id), and labels are ``-100`` on padding and on the prompt part.
-* :func:`batches` is the endless, reproducible per-client order of training mini-batches;
-  :func:`eval_batches` the plain sequential order for evaluation.
+* :func:`batches` is the endless, reproducible per-client order of training mini-batches.
 * :class:`WhitespaceTokenizer` is a tiny stand-in tokenizer for tests and smoke runs.
 """
 
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitft.data.corpora import Sample
+from splitft.data.samples import Sample
 
 __all__ = [
     "IGNORE_INDEX",
@@ -33,7 +32,6 @@ __all__ = [
     "WhitespaceTokenizer",
     "batches",
     "collate",
-    "eval_batches",
     "pack",
     "pad_id_of",
     "tokenize",
@@ -321,14 +319,6 @@ def batches(
         for start in range(0, stop, size):
             yield order[start : start + size].tolist()
         epoch += 1
-
-
-def eval_batches(dataset_len: int, batch_size: int, limit: int | None = None) -> list[list[int]]:
-    """Sequential batches over the first ``limit`` (default: all) samples, the last one shorter."""
-    _check_count("dataset_len", dataset_len, 0)
-    _check_count("batch_size", batch_size, 1)
-    n = dataset_len if limit is None or limit <= 0 else min(limit, dataset_len)
-    return [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
 
 class WhitespaceTokenizer:

@@ -1,6 +1,6 @@
 """What a partition gives each client: a table, ``partition.json`` and ``partition.png``.
 
-:func:`partition_report` runs the partition stage of a run (:func:`splitft.data.partition_data`,
+:func:`partition_report` runs the partition stage of a run (:func:`splitft.data.prepare.partition_data`,
 so the numbers are those of ``splitft train`` with the same data options and seed) and
 measures every client: samples, tokens, mean and median length, its shares of the global
 length bins and the Jensen-Shannon divergence (bits, in [0, 1]) of those shares to the global
@@ -20,15 +20,15 @@ import matplotlib
 import numpy as np
 
 from splitft.config import DataConfig
-from splitft.data import (
-    WhitespaceTokenizer,
+from splitft.data.partition import length_bins
+from splitft.data.partition_stats import (
     global_length_histogram,
     js_divergence,
     length_bin_histograms,
-    length_bins,
     mean_js_to_global,
-    partition_data,
 )
+from splitft.data.prepare import partition_data
+from splitft.data.tokenize import WhitespaceTokenizer
 from splitft.errors import ConfigError
 
 matplotlib.use("Agg")
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 WHITESPACE = "whitespace"
-"""Tokenizer name of :class:`~splitft.data.WhitespaceTokenizer`: one token per word, no model
+"""Tokenizer name of :class:`~splitft.data.tokenize.WhitespaceTokenizer`: one token per word, no model
 files, fast on huge corpora (lengths are then in words)."""
 _MAX_TICK_LABELS = 40  # more clients than this: no per-bar tick labels (they would overlap)
 
@@ -143,7 +143,7 @@ def partition_report(
 
     Sample and token counts are those of the clients' final samples; the shares and JS values
     describe the partition before a ``cfg.samples_per_client`` cap (a random subset keeps its
-    shape). Raises what :func:`splitft.data.partition_data` raises (ConfigError, DataError).
+    shape). Raises what :func:`splitft.data.prepare.partition_data` raises (ConfigError, DataError).
     """
     staged = partition_data(cfg, tokenizer, num_clients, seed)
     partitioner, lengths = staged.partitioner, staged.train.lengths

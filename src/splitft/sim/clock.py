@@ -43,11 +43,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from splitft.config import CLOCK_ORDERS as ORDERS
 from splitft.errors import ConfigError
 from splitft.sim.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts, heldout_flops
 from splitft.sim.devices import DeviceProfile
 
-ORDERS = ("parallel", "sequential")
 EVAL_ON = ("server", "client")
 
 

@@ -36,11 +36,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from splitft.config import WIRE_DTYPES
 from splitft.errors import ConfigError, ModelError
 from splitft.sim.devices import DeviceProfile
 
 FLOAT_BYTES = 4
-WIRE_ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+WIRE_ITEMSIZE = dict(zip(WIRE_DTYPES, (4, 2, 2), strict=True))
 LABEL_BYTES_PER_TOKEN = 5
 """Labels travel as int32 and the attention mask as uint8 (``client.forward_step``)."""
 ADAMW_FLOPS_PER_PARAM = 12

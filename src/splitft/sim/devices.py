@@ -35,6 +35,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
+from splitft.config import DEVICE_PRESETS as PRESETS
+from splitft.config import DEVICE_TIERS, SERVER_LOADS
 from splitft.errors import ConfigError
 
 MiB = 2**20
@@ -87,26 +89,35 @@ class DeviceProfile:
         return cls(**{"name": "custom", **data})  # type: ignore[arg-type]
 
 
+# (flops, memory_bytes, up_bps, down_bps, latency_s) of each of DEVICE_TIERS, in its order
 TIERS: dict[str, DeviceProfile] = {
-    p.name: p
-    for p in (
-        DeviceProfile("phone-low", 5e9, 256 * MiB, 1e6, 4e6, 0.050),
-        DeviceProfile("phone-high", 15e9, 512 * MiB, 3e6, 10e6, 0.030),
-        DeviceProfile("tablet", 30e9, 1 * GiB, 5e6, 15e6, 0.020),
-        DeviceProfile("laptop", 80e9, 4 * GiB, 12.5e6, 40e6, 0.010),
-        DeviceProfile("workstation", 200e9, 16 * GiB, 50e6, 125e6, 0.005),
+    name: DeviceProfile(name, *numbers)
+    for name, numbers in zip(
+        DEVICE_TIERS,
+        (
+            (5e9, 256 * MiB, 1e6, 4e6, 0.050),
+            (15e9, 512 * MiB, 3e6, 10e6, 0.030),
+            (30e9, 1 * GiB, 5e6, 15e6, 0.020),
+            (80e9, 4 * GiB, 12.5e6, 40e6, 0.010),
+            (200e9, 16 * GiB, 50e6, 125e6, 0.005),
+        ),
+        strict=True,
     )
 }
 """Client tiers by name, slowest first (the order ``hetero`` cycles over)."""
 
-PRESETS = ("homogeneous", "hetero")
-
 SERVER_IDLE = DeviceProfile("server-idle", 20e12, 80e9, 1.25e9, 1.25e9, 0.0005)
-SERVER_SPEEDS: dict[str, DeviceProfile] = {
-    "idle": SERVER_IDLE,
-    # Same machine, one fiftieth of it: the share a training job gets on a shared GPU.
-    "busy": replace(SERVER_IDLE, name="server-busy", flops=SERVER_IDLE.flops / 50),
-}
+SERVER_SPEEDS: dict[str, DeviceProfile] = dict(
+    zip(
+        SERVER_LOADS,
+        (
+            SERVER_IDLE,
+            # Same machine, one fiftieth of it: the share a training job gets on a shared GPU.
+            replace(SERVER_IDLE, name="server-busy", flops=SERVER_IDLE.flops / 50),
+        ),
+        strict=True,
+    )
+)
 
 
 def device_preset(name: str, num_clients: int) -> list[DeviceProfile]:

@@ -36,11 +36,14 @@ from typing import Any
 
 import torch
 
+from splitft.config import WIRE_DTYPES as WIRE_DTYPE_NAMES
 from splitft.errors import CodecError
 
 KINDS = ("activations", "gradients", "labels", "adapters", "control")
 DIRECTIONS = ("up", "down")
-WIRE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WIRE_DTYPES: dict[str, torch.dtype] = dict(
+    zip(WIRE_DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True)
+)
 JSONValue = dict[str, Any] | list[Any] | str | int | float | bool | None
 
 _DTYPES: dict[int, torch.dtype] = {
