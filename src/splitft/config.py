@@ -36,6 +36,8 @@ CLOCK_ORDERS = ("parallel", "sequential")
 CUT_RANK_SIDES = ("none", "client", "both")
 DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
 """Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
+GENERATION_METRICS = ("bleu", "chrf", "nist", "rouge_l", "exact_match")
+"""Scores of generated text (eval.generation_metrics; report/text_metrics.py says what each is)."""
 SERVER_LOADS = ("idle", "busy")
 """Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
 
@@ -166,6 +168,15 @@ class EvalConfig:
     """Evaluate on at most this many test and validation samples."""
     batch_size: int = 8
     """Evaluation batch size."""
+    generation_metrics: list[str] = field(default_factory=list)
+    """Score text generated from the test prompts after training (empty = off): any of bleu,
+    chrf, nist, rouge_l (E2E) and exact_match (GSM8K); needs a prompt/response test split."""
+    generation_samples: int = 32
+    """Test prompts generated from: a fixed subset drawn with the run's seed."""
+    max_new_tokens: int = 64
+    """Most tokens generated per prompt (greedy decoding)."""
+    tensorboard: bool = False
+    """Also write every metrics.jsonl field as TensorBoard scalars to RUN_DIR/tensorboard."""
 
 
 @dataclass
@@ -327,7 +338,8 @@ _MINIMUM = {
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
-    "policy.slack": 0, "call_timeout_s": 0, "seed": 0,
+    "policy.slack": 0, "call_timeout_s": 0, "seed": 0, "eval.generation_samples": 1,
+    "eval.max_new_tokens": 1,
 }
 # fmt: on
 _POSITIVE = ("lora.alpha", "train.lr")
@@ -360,6 +372,11 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
+        (
+            "eval.generation_metrics",
+            lambda v: set(v) <= set(GENERATION_METRICS),
+            f"every metric must be one of {', '.join(GENERATION_METRICS)}",
+        ),
         *_method_rules(cfg),
     ]
 

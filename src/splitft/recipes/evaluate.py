@@ -63,6 +63,33 @@ def evaluate(
     return EvalResult.from_sums(loss_sum, tokens, correct)
 
 
+@dataclass
+class SavedAdapter:
+    """A run's saved adapter on its base model, with the run's config (what ``splitft eval`` and
+    ``splitft generate`` work from)."""
+
+    model: PeftModel
+    tokenizer: Any
+    cfg: Config
+
+
+def load_adapter(adapter: str | Path, overrides: dict[str, object] | None = None) -> SavedAdapter:
+    """Stock ``PeftModel.from_pretrained`` on the base model named in ``splitft.json``; the
+    config is the run's ``config.toml`` next to the folder (or the defaults) with ``overrides``."""
+    folder = Path(adapter)
+    facts_file = folder / "splitft.json"
+    if not (folder / "adapter_config.json").exists() or not facts_file.exists():
+        raise ConfigError(f"--adapter {folder} is not an adapter folder written by `splitft train`")
+    facts = json.loads(facts_file.read_text())
+    run_config = folder.parent / "config.toml"
+    cfg = (Config.from_toml(run_config) if run_config.exists() else Config()).with_overrides(overrides or {})
+    tokenizer = load_tokenizer(facts["tokenizer"] or facts["model"])
+    base = load_model(
+        facts["model"], vocab_size=len(tokenizer), seed=facts["seed"], keep_layers=facts["keep_layers"]
+    )
+    return SavedAdapter(PeftModel.from_pretrained(base, str(folder)), tokenizer, cfg)
+
+
 def evaluate_adapter(
     adapter: str | Path,
     data: str = "",
@@ -71,37 +98,23 @@ def evaluate_adapter(
     max_length: int = 0,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Loss, perplexity and accuracy of ``adapter`` on the ``split`` of ``data``."""
-    folder = Path(adapter)
-    facts_file = folder / "splitft.json"
-    if not (folder / "adapter_config.json").exists() or not facts_file.exists():
-        raise ConfigError(f"--adapter {folder} is not an adapter folder written by `splitft train`")
-    facts = json.loads(facts_file.read_text())
-    run_config = folder.parent / "config.toml"
-    cfg = Config.from_toml(run_config) if run_config.exists() else Config()
+    """Loss, perplexity and accuracy of ``adapter`` on the ``split`` of ``data``, with the data
+    split rebuilt from the run's config (so the test set is the one the run reported on)."""
     overrides: dict[str, object] = {}
     if data:
         overrides["data.train"] = data
     if max_length:
         overrides["data.max_length"] = max_length
-    cfg = cfg.with_overrides(overrides)
-    tokenizer = load_tokenizer(facts["tokenizer"] or facts["model"])
-    prepared = prepare_data(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
-    base = load_model(
-        facts["model"], vocab_size=len(tokenizer), seed=facts["seed"], keep_layers=facts["keep_layers"]
-    )
-    model = PeftModel.from_pretrained(base, str(folder))
+    saved = load_adapter(adapter, overrides)
+    cfg = saved.cfg
+    prepared = prepare_data(cfg.data, saved.tokenizer, cfg.federation.num_clients, cfg.seed)
     dataset = prepared.test if split == "test" else prepared.validation
+    model = SplitModel(saved.model.base_model.model)
     result = evaluate(
-        SplitModel(model.base_model.model),
-        None,
-        dataset,
-        pad_id_of(tokenizer),
-        batch_size,
-        max_samples or cfg.eval.max_samples,
+        model, None, dataset, pad_id_of(saved.tokenizer), batch_size, max_samples or cfg.eval.max_samples
     )
     return {
-        "adapter": str(folder),
+        "adapter": str(adapter),
         "split": split,
         "loss": result.loss,
         "ppl": result.ppl,

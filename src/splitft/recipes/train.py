@@ -29,9 +29,11 @@ from splitft.methods.base import RoundLoop
 from splitft.recipes import checkpoint
 from splitft.recipes.evaluate import EvalResult, evaluate
 from splitft.recipes.experiment import Experiment, local_runtime, setup
+from splitft.recipes.generate import score_generation
 from splitft.recipes.outputs import export_run_adapters, metrics_row, summarize
 from splitft.report.plots import plot_run
 from splitft.report.rundir import RunDirectory
+from splitft.report.tensorboard import TensorBoardLog
 from splitft.runtime.base import Runtime
 
 Connect = Callable[[Experiment], Runtime | None]
@@ -106,6 +108,7 @@ def fit(
     else:
         first, progress = 1, Progress(_score(exp, exp.initial, exp.data.test))  # the base model
     wall_offset, started = progress.wall_s, time.perf_counter()
+    board = TensorBoardLog(run.path) if cfg.eval.tensorboard else None
     rounds = cfg.federation.rounds
     bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress_bar)
     for round_number in bar:
@@ -118,15 +121,38 @@ def fit(
         bar.set_postfix(postfix)
         row["wall_s"] = progress.wall_s = round(wall_offset + time.perf_counter() - started, 3)
         run.append_metrics(row)
+        if board is not None:
+            board.log(row)
         checkpoint.save(run, {"round": round_number, "loop": loop.state_dict(), "fit": progress.state_dict()})
+    if board is not None:
+        board.close()
     run.write_folder("adapter", lambda p: export_run_adapters(exp, loop.global_adapters, p))
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
     wall_s = wall_offset + time.perf_counter() - started
     summary = summarize(exp, metrics, progress.final_test, progress.best["round"], wall_s)
     summary.update(initial_test_ppl=progress.initial.ppl, initial_test_acc=progress.initial.acc)
+    if cfg.eval.generation_metrics:
+        summary["generation"] = _generation(exp, loop, run)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
+
+
+def _generation(exp: Experiment, loop: RoundLoop, run: RunDirectory) -> dict[str, Any]:
+    """Generation metrics of the final global adapters on the seeded test-prompt subset."""
+    e = exp.cfg.eval
+    return score_generation(
+        exp.peft_model,
+        loop.global_adapters,
+        exp.tokenizer,
+        exp.data.test_samples,
+        e.generation_metrics,
+        e.generation_samples,
+        e.max_new_tokens,
+        exp.cfg.seed,
+        e.batch_size,
+        run.path / "generations.jsonl",
+    )
 
 
 def _restore(
