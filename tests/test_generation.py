@@ -206,3 +206,17 @@ def test_eval_and_generate_commands(e2e_run, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error:") and message in err[-1]
         assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_the_e2e_preset_compares_the_four_methods_by_generation_metrics() -> None:
+    from pathlib import Path
+
+    from splitft.cli.compare import load_preset
+
+    base, plan = load_preset(Path(__file__).resolve().parents[1] / "configs" / "e2e.toml")
+    assert base.data.train == "e2e" and base.eval.generation_metrics
+    assert sorted(base.with_overrides(o).method for _, o in plan.runs) == sorted(
+        ["centralized", "fedlora", "sfl-fixed", "splitft"]
+    )
+    for _, overrides in plan.runs:
+        base.with_overrides(overrides).validate()
