@@ -187,6 +187,22 @@ def check_metrics(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
+def _check_decoding(
+    max_samples: int, max_new_tokens: int, batch_size: int, sample: bool, temperature: float, top_p: float
+) -> None:
+    for name, value in (
+        ("--max-samples", max_samples),
+        ("--max-new-tokens", max_new_tokens),
+        ("--batch-size", batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{name} = {value}: must be >= 1")
+    if sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise ConfigError(
+            f"--temperature {temperature} / --top-p {top_p}: need temperature > 0 and 0 < top_p <= 1"
+        )
+
+
 def generate_from_adapter(
     adapter: str | Path,
     out_file: str | Path,
@@ -205,17 +221,7 @@ def generate_from_adapter(
     subset of a corpus's test split (the run's own, or ``data``); JSONL rows ``prompt``,
     ``output``, ``references``; the ``metrics`` scores when references are known."""
     check_metrics(metrics)
-    for name, value in (
-        ("--max-samples", max_samples),
-        ("--max-new-tokens", max_new_tokens),
-        ("--batch-size", batch_size),
-    ):
-        if value < 1:
-            raise ConfigError(f"{name} = {value}: must be >= 1")
-    if sample and not (temperature > 0 and 0 < top_p <= 1):
-        raise ConfigError(
-            f"--temperature {temperature} / --top-p {top_p}: need temperature > 0 and 0 < top_p <= 1"
-        )
+    _check_decoding(max_samples, max_new_tokens, batch_size, sample, temperature, top_p)
     file_prompts = read_prompt_file(prompts_file)[:max_samples] if prompts_file else None
     saved = load_adapter(adapter, {"data.train": data} if data else {})
     if file_prompts is not None:
