@@ -34,6 +34,8 @@ PARTITIONS = ("iid", "length-dirichlet")
 DEVICE_PRESETS = ("homogeneous", "hetero")
 CLOCK_ORDERS = ("parallel", "sequential")
 CUT_RANK_SIDES = ("none", "client", "both")
+SERVER_ADAPTERS = ("per-client", "shared")
+"""How the main server holds the server-side adapters (split.server_adapters)."""
 DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
 """Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
 GENERATION_METRICS = ("bleu", "chrf", "nist", "rouge_l", "exact_match")
@@ -117,6 +119,10 @@ class SplitConfig:
     cuts: list[int] = field(default_factory=list)
     """Cut layer per client: one value for all, or one per client; a client runs blocks
     [0, cut). Empty = spread evenly over 1..M-1."""
+    server_adapters: str = "per-client"
+    """'per-client': the main server keeps one copy of the server-side adapters per client
+    (SplitFed V1); 'shared': one set every client's step updates in turn, in client order
+    (SplitFed V2), so the server's blocks train sequentially (docs/architecture.md, D10)."""
 
 
 @dataclass
@@ -354,7 +360,7 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
-               "lora.cut_rank_sides": CUT_RANK_SIDES}
+               "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),

@@ -137,6 +137,7 @@ class SplitRoundLoop:
         self.cut_blocks = new_cut_blocks
         if fresh:
             changed = self.fed_server.canonicalize(fresh)
+            self.main_server.canonicalized(changed)
             # Every copy of these tensors, including those of clients not sampled this round,
             # holds optimizer moments in the old basis: reset them at that client's next round.
             for i in range(self.num_clients):
@@ -150,6 +151,7 @@ class SplitRoundLoop:
         those of ``[cut, M)``; returns the clients still there."""
         start = self.fed_server.global_adapters
         reset_all = self.cfg.aggregation == "svd"
+        self.main_server.start_round(start, reset_all)
         for i in clients:
             reset = sorted(self.pending_reset.get(i, ()))
             if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):

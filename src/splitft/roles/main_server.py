@@ -72,6 +72,16 @@ class MainServer:
         optimizer.reset(n for n, r in ranks.items() if old_ranks.get(n, r) != r)
         return copy
 
+    def start_round(self, global_adapters: Adapters, reset_all: bool = False) -> None:  # noqa: B027
+        """Before any client's :meth:`begin_round` (a hook: per-client copies load per client)."""
+
+    def canonicalized(self, names: Iterable[str]) -> None:  # noqa: B027
+        """The fed server rewrote ``names`` in a new basis (per-client copies are reset per client)."""
+
+    def _params_for(self, copy: _ServerCopy) -> dict[str, torch.Tensor]:
+        """The adapter tensors a step of ``copy`` runs with (and trains)."""
+        return copy.params
+
     def begin_round(
         self,
         client_id: int,
@@ -119,7 +129,7 @@ class MainServer:
         hidden = message["hidden"].to(device, torch.float32).requires_grad_(True)
         mask = message["attention_mask"].to(device, torch.long)
         labels = message["labels"].to(device, torch.long)
-        logits = self.model.server_forward(copy.cut, hidden, mask, copy.params)
+        logits = self.model.server_forward(copy.cut, hidden, mask, self._params_for(copy))
         loss_sum, tokens, correct = token_stats(logits, labels)
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)
