@@ -331,6 +331,7 @@ _MINIMUM = {
 }
 # fmt: on
 _POSITIVE = ("lora.alpha", "train.lr")
+_FINITE = tuple(k for k, tp in FIELD_TYPES.items() if tp is float and k != "data.alpha")  # alpha: own rule
 _FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
 
 
@@ -345,6 +346,8 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
                "lora.cut_rank_sides": CUT_RANK_SIDES}
     # fmt: on
     return [
+        # First: a NaN or infinity passes no range test meaningfully (lr = inf trains to nan).
+        *((key, math.isfinite, "must be a finite number") for key in _FINITE),
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
         *((key, lambda v: v > 0, "must be > 0") for key in _POSITIVE),
         ("data.alpha", lambda v: 0 < v < math.inf, "must be > 0 and finite"),
