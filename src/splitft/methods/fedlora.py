@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
-from splitft.errors import ConfigError, SplitFTError
+from splitft.errors import ConfigError, ReplyError, SplitFTError
 from splitft.methods.base import Method, RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, full_ranks
 from splitft.roles.fed_server import FedServer
@@ -24,6 +24,7 @@ from splitft.roles.trainer import WholeModelTrainer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
+from splitft.wire import checks
 from splitft.wire.calls import client_role, counted_call, drop_report
 from splitft.wire.codec import encode_message
 from splitft.wire.ledger import ByteLedger
@@ -78,13 +79,17 @@ class FedLoraLoop:
                 continue
             if (upload := self._call(round_number, i, "end_round", control(), dropped)) is None:
                 continue
-            stats = read(result)["control"]
-            loss_sum, tokens, shapes[i] = (
-                loss_sum + stats["loss_sum"],
-                tokens + stats["tokens"],
-                stats["shapes"],
+            read_both = lambda r=result, u=upload: (  # noqa: E731 - one use, here
+                _train_stats(r, steps),
+                self.fed_server.contribution(u, full_ranks(self.layout)),
             )
-            contributions.append(self.fed_server.contribution(upload, full_ranks(self.layout)))
+            if (
+                both := checks.guarded(self.dropped, dropped, round_number, i, "end_round", read_both)
+            ) is None:
+                continue
+            (client_loss, client_tokens, shapes[i]), contribution = both
+            loss_sum, tokens = loss_sum + client_loss, tokens + client_tokens
+            contributions.append(contribution)
         if not contributions:
             raise SplitFTError(f"round {round_number}: no client finished ({self._why_none(dropped)})")
         truncation = self.fed_server.merge(contributions)
@@ -131,7 +136,12 @@ class FedLoraLoop:
                 continue
             result = self.runtime.call(client_role(i), "export_state", control())
             if isinstance(result, bytes):
-                clients[str(i)] = read_state(result)
+                read_it = lambda r=result: read_state(r)  # noqa: E731
+                state = checks.guarded(
+                    self.dropped, self.late_drops, self.clock.rounds, i, "export_state", read_it
+                )
+                if state is not None:
+                    clients[str(i)] = state
             else:
                 self.late_drops.append(
                     drop_report(self.dropped, i, self.clock.rounds, "export_state", result.error)
@@ -154,6 +164,24 @@ class FedLoraLoop:
                 report = drop_report(self.dropped, int(key), self.clock.rounds, "restore_state", result.error)
                 self.late_drops.append(report)
         self.ledger.restore(state["ledger"])
+
+
+def _train_stats(payload: bytes, steps: int) -> tuple[float, int, list[list[int]]]:
+    """A trainer's reply to ``train``: summed loss, tokens, and one [batch, seq] per step,
+    checked (ReplyError or CodecError when malformed)."""
+    stats = read(payload).get("control")
+    loss_sum = checks.number(stats, "loss_sum")
+    tokens = int(checks.number(stats, "tokens", integer=True))
+    shapes = stats.get("shapes")
+    if (
+        not isinstance(shapes, list)
+        or len(shapes) != steps
+        or not all(
+            isinstance(s, list) and len(s) == 2 and all(type(d) is int and d > 0 for d in s) for s in shapes
+        )
+    ):
+        raise ReplyError(f"control field 'shapes' is not {steps} pairs of positive integers")
+    return loss_sum, tokens, shapes
 
 
 class FedLora(Method):

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from splitft.config import Config
-from splitft.errors import ConfigError
+from splitft.errors import ConfigError, DivergenceError
 from splitft.methods.base import RoundLoop
 from splitft.recipes import checkpoint
 from splitft.recipes.evaluate import EvalResult, evaluate
@@ -109,7 +109,10 @@ def fit(
     rounds = cfg.federation.rounds
     bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress_bar)
     for round_number in bar:
-        result = loop.run_round(round_number)
+        try:
+            result = loop.run_round(round_number)
+        except DivergenceError as err:  # stop: the checkpoint of the last round is the last good state
+            raise DivergenceError(f"round {round_number}: {err}") from None
         row = metrics_row(exp, result)
         postfix = {"loss": "-" if result.train_loss is None else f"{result.train_loss:.3f}"}
         if round_number % cfg.eval.every == 0 or round_number == rounds:
