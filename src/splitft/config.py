@@ -21,6 +21,7 @@ import tomli_w
 
 from splitft.config_io import convert_value, load_toml
 from splitft.errors import ConfigError
+from splitft.files import write_atomic
 from splitft.registry import METHODS, POLICIES, RUNTIMES
 
 # Allowed values of the choice fields, defined here only: the modules that act on them import
@@ -286,7 +287,7 @@ class Config:
 
     def to_toml(self, path: str | os.PathLike[str]) -> None:
         """Write every field (the resolved config), so the run can be repeated from the file."""
-        Path(path).write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        write_atomic(Path(path), tomli_w.dumps(self.to_dict()))  # a killed write leaves the old file
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with ``{"lora.r_cut": "4", "seed": 7, ...}`` applied; strings are parsed."""

@@ -291,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SplitFTError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write fault (permission, full disk): one line; what was written stays
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
