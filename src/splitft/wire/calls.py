@@ -8,6 +8,7 @@ job and is recorded with its round and method.
 from __future__ import annotations
 
 from splitft.runtime.base import CallFailure, Runtime
+from splitft.errors import CodecError
 from splitft.wire.codec import bytes_by_kind
 from splitft.wire.ledger import ByteLedger
 
@@ -32,12 +33,19 @@ def counted_call(
     method: str,
     payload: bytes,
 ) -> bytes | None:
-    """Call ``method`` of client ``client_id``; its reply, or None when the call failed (the
-    client is then added to ``dropped`` and the failure appended to ``drops``)."""
+    """Call ``method`` of client ``client_id``; its reply, or None when the call failed or the
+    reply is not a well-formed message (the client is then added to ``dropped`` and the
+    failure appended to ``drops``)."""
     result = runtime.call(client_role(client_id), method, payload)
     ledger.record(round_number, client_id, "down", bytes_by_kind(payload))
     if isinstance(result, CallFailure):
         drops.append(drop_report(dropped, client_id, round_number, method, result.error))
         return None
-    ledger.record(round_number, client_id, "up", bytes_by_kind(result))
+    try:
+        counts = bytes_by_kind(result)
+    except CodecError as err:  # it still crossed the wire: counted whole, as framing
+        ledger.record(round_number, client_id, "up", {"control": len(result)})
+        drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
+        return None
+    ledger.record(round_number, client_id, "up", counts)
     return result
