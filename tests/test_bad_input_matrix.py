@@ -102,7 +102,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # config values and files
     ("lr-inf", lambda t, r: train(t, "--train.lr", "inf"), "train.lr = inf: must be a finite number"),
     ("lr-nan", lambda t, r: train(t, "--train.lr", "nan"), "train.lr = nan"),
-    ("gamma-inf", lambda t, r: train(t, "--policy.gamma", "-inf"), "policy.gamma = -inf: must be a finite"),
+    ("gamma-inf", lambda t, r: train(t, "--policy.gamma=-inf"), "policy.gamma = -inf: must be a finite"),
     ("timeout-inf", lambda t, r: train(t, "--call_timeout_s", "inf"), "call_timeout_s = inf"),
     ("fraction-nan", lambda t, r: train(t, "--data.test_fraction", "nan"), "data.test_fraction = nan"),
     ("rounds-zero", lambda t, r: train(t, "--federation.rounds", "0"), "federation.rounds = 0: must be >= 1"),
@@ -143,7 +143,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
         lambda t, r: train(t, "--data.train", str(write(t / "b.txt", b"\xff\x00" * 40))),
         "not UTF-8",
     ),
-    ("data-folder", lambda t, r: train(t, "--data.train", str(t)), "is not a file"),
+    ("data-folder", lambda t, r: train(t, "--data.train", str(t)), "not in the WikiText-2 layout"),
     (
         "data-jsonl-deep",
         lambda t, r: train(t, "--data.train", str(write(t / "d.jsonl", deep(100_000) + "\n"))),
@@ -157,8 +157,18 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # models
     ("model-family", lambda t, r: train(t, "--model.name", "tiny:mamba"), "allowed: gpt2"),
     ("model-missing", lambda t, r: train(t, "--model.name", str(t / "nomodel")), "cannot be loaded"),
-    ("model-weights", lambda t, r: train(t, "--model.name", model_folder(t)), "damaged"),
+    (
+        "model-weights",
+        lambda t, r: train(t, "--model.name", model_folder(t), "--model.tokenizer", "smollm2-135m"),
+        "damaged",
+    ),
     ("model-cut", lambda t, r: train(t, "--split.cuts", "9"), "split.cuts"),
+    # command lines
+    ("cli-command", lambda t, r: ["trian"], "invalid choice: 'trian'"),
+    ("cli-eval-split", lambda t, r: ["eval", "--adapter", str(t), "--split", "train"], "argument --split"),
+    ("cli-eval-int", lambda t, r: ["eval", "--adapter", str(t), "--batch-size", "x"], "invalid int value"),
+    ("cli-eval-unknown", lambda t, r: ["eval", "--adapter", str(t), "--bogus"], "unrecognized arguments"),
+    ("cli-report-none", lambda t, r: ["report"], "RUN_DIR"),
     # checkpoints and resumed runs
     ("resume-missing", lambda t, r: ["train", "--resume", str(t / "none")], "no config.toml"),
     ("resume-state-cut", resume(truncate("checkpoint/state.json", 0.5)), "state.json is not valid JSON"),

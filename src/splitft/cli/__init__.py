@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from splitft.config import FIELD_TYPES, Config
 from splitft.config_cli import add_config_arguments, config_from_args
@@ -139,8 +140,15 @@ def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
         Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line like every other (not usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
+    parser = _Parser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
@@ -282,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns, unknown = parser.parse_known_args(argv)
     try:
+        ns, unknown = parser.parse_known_args(argv)
         if unknown:
             _reject_unknown(ns, unknown)
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
-from splitft.errors import ConfigError, ReplyError, SplitFTError
+from splitft.errors import ConfigError, DivergenceError, ReplyError, SplitFTError
 from splitft.methods.base import Method, RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, full_ranks
 from splitft.roles.fed_server import FedServer
@@ -91,7 +91,8 @@ class FedLoraLoop:
             loss_sum, tokens = loss_sum + client_loss, tokens + client_tokens
             contributions.append(contribution)
         if not contributions:
-            raise SplitFTError(f"round {round_number}: no client finished ({self._why_none(dropped)})")
+            error = DivergenceError if checks.diverged(dropped) else SplitFTError
+            raise error(f"round {round_number}: no client finished ({self._why_none(dropped)})")
         truncation = self.fed_server.merge(contributions)
         timing = self.timer.whole_model(round_number, shapes, self.ledger)
         self.clock.advance(timing)

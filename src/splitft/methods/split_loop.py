@@ -37,7 +37,7 @@ from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
 from splitft.wire.calls import client_role, counted_call, drop_report
-from splitft.wire.checks import guarded
+from splitft.wire.checks import diverged, guarded
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
 from splitft.wire.messages import adapter_entries, control, read_state, state_message
@@ -200,7 +200,8 @@ class SplitRoundLoop:
         truncation = self.fed_server.merge(list(client_side.values()), server_side)
         if not client_side:
             failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
-            raise SplitFTError(f"round {round_number}: every client failed ({failures})")
+            error = DivergenceError if diverged(dropped) else SplitFTError
+            raise error(f"round {round_number}: every client failed ({failures})")
         return sorted(client_side), truncation
 
     def _begin(

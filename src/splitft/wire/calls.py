@@ -7,8 +7,8 @@ job and is recorded with its round and method.
 
 from __future__ import annotations
 
-from splitft.runtime.base import CallFailure, Runtime
 from splitft.errors import CodecError
+from splitft.runtime.base import CallFailure, Runtime
 from splitft.wire.codec import bytes_by_kind
 from splitft.wire.ledger import ByteLedger
 

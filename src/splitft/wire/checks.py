@@ -24,6 +24,7 @@ from splitft.wire.codec import decode_message
 from splitft.wire.messages import read_adapters
 
 T = TypeVar("T")
+NON_FINITE = "holds NaN or infinite values"
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INTEGERS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -38,6 +39,12 @@ def guarded(
     except (CodecError, ReplyError) as err:
         drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
         return None
+
+
+def diverged(drops: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every client in ``drops`` went because its numbers stopped being finite (NaN
+    sent, or its own step diverged): a run left with no client for that reason diverged."""
+    return bool(drops) and all(NON_FINITE in d["error"] or "DivergenceError" in d["error"] for d in drops)
 
 
 def tensor(
@@ -55,7 +62,7 @@ def tensor(
         want = ["*" if s is None else s for s in shape]
         raise ReplyError(f"entry {name!r} has shape {list(value.shape)}, expected {want}")
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise ReplyError(f"entry {name!r} holds NaN or infinite values")
+        raise ReplyError(f"entry {name!r} {NON_FINITE}")
     return value
 
 
