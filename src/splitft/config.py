@@ -332,7 +332,6 @@ _MINIMUM = {
 }
 # fmt: on
 _POSITIVE = ("lora.alpha", "train.lr")
-_FINITE = tuple(k for k, tp in FIELD_TYPES.items() if tp is float and k != "data.alpha")  # alpha: own rule
 _FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
 
 
@@ -347,8 +346,6 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
                "lora.cut_rank_sides": CUT_RANK_SIDES}
     # fmt: on
     return [
-        # First: a NaN or infinity passes no range test meaningfully (lr = inf trains to nan).
-        *((key, math.isfinite, "must be a finite number") for key in _FINITE),
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
         *((key, lambda v: v > 0, "must be > 0") for key in _POSITIVE),
         ("data.alpha", lambda v: 0 < v < math.inf, "must be > 0 and finite"),
@@ -365,6 +362,7 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
         *_method_rules(cfg),
+        *((key, math.isfinite, "must be a finite number") for key, tp in FIELD_TYPES.items() if tp is float),
     ]
 
 
