@@ -100,18 +100,18 @@ def model_folder(tmp: Path) -> str:
 # (case id, argv builder (tmp folder, finished run), a substring the error line must hold)
 CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # config values and files
-    ("lr-inf", lambda t, r: train(t, "--train.lr", "inf"), "train.lr = inf: must be a finite number"),
-    ("lr-nan", lambda t, r: train(t, "--train.lr", "nan"), "train.lr = nan"),
-    ("gamma-inf", lambda t, r: train(t, "--policy.gamma=-inf"), "policy.gamma = -inf: must be a finite"),
-    ("timeout-inf", lambda t, r: train(t, "--call_timeout_s", "inf"), "call_timeout_s = inf"),
-    ("fraction-nan", lambda t, r: train(t, "--data.test_fraction", "nan"), "data.test_fraction = nan"),
-    ("rounds-zero", lambda t, r: train(t, "--federation.rounds", "0"), "federation.rounds = 0: must be >= 1"),
+    ("config-lr-inf", lambda t, r: train(t, "--train.lr", "inf"), "train.lr = inf: must be a finite number"),
+    ("config-lr-nan", lambda t, r: train(t, "--train.lr", "nan"), "train.lr = nan"),
+    ("config-gamma-inf", lambda t, r: train(t, "--policy.gamma=-inf"), "policy.gamma = -inf: must be a finite"),
+    ("config-timeout-inf", lambda t, r: train(t, "--call_timeout_s", "inf"), "call_timeout_s = inf"),
+    ("config-fraction-nan", lambda t, r: train(t, "--data.test_fraction", "nan"), "data.test_fraction = nan"),
+    ("config-rounds-zero", lambda t, r: train(t, "--federation.rounds", "0"), "federation.rounds = 0: must be >= 1"),
     (
-        "batch-float",
+        "config-batch-float",
         lambda t, r: train(t, "--train.batch_size", "1.5"),
         "train.batch_size: expected an integer",
     ),
-    ("unknown-field", lambda t, r: train(t, "--lora.rcut", "4"), "did you mean 'lora.r_cut'"),
+    ("config-unknown-field", lambda t, r: train(t, "--lora.rcut", "4"), "did you mean 'lora.r_cut'"),
     ("config-missing", lambda t, r: ["train", "--config", str(t / "no.toml")], "config file not found"),
     (
         "config-binary",
@@ -162,7 +162,14 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
         lambda t, r: train(t, "--model.name", model_folder(t), "--model.tokenizer", "smollm2-135m"),
         "damaged",
     ),
-    ("model-cut", lambda t, r: train(t, "--split.cuts", "9"), "split.cuts"),
+    ("model-cut", lambda t, r: train(t, "--split.cuts", "9"), "split.cuts value 9 is outside 1..1"),
+    ("model-keep", lambda t, r: train(t, "--model.keep_layers", "9"), "model.keep_layers=9 is outside 2..4"),
+    # checked before the 135M model loads: no progress bar or warning before the error line
+    (
+        "model-cut-smollm2",
+        lambda t, r: train(t, "--model.name", "smollm2-135m", "--split.cuts", "40"),
+        "outside 1..1",
+    ),
     # command lines
     ("cli-command", lambda t, r: ["trian"], "invalid choice: 'trian'"),
     ("cli-eval-split", lambda t, r: ["eval", "--adapter", str(t), "--split", "train"], "argument --split"),
