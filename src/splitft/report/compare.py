@@ -86,7 +86,8 @@ def _read_run(path: Path, allow_incomplete: bool) -> _Run:
     run = RunDirectory(path)
     if not run.metrics_path.is_file():
         raise DataError(f"{path} has no metrics.jsonl: not a run directory of `splitft train`")
-    metrics = run.read_metrics()  # a damaged line is a DataError naming it
+    # A damaged line is a DataError naming it; a run still going (or killed) may be mid-row.
+    metrics = run.read_metrics(drop_partial_last=allow_incomplete)
     if not metrics:
         raise DataError(f"{run.metrics_path} holds no rounds")
     summary_path = path / "summary.json"
