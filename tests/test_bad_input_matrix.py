@@ -102,10 +102,18 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     # config values and files
     ("config-lr-inf", lambda t, r: train(t, "--train.lr", "inf"), "train.lr = inf: must be a finite number"),
     ("config-lr-nan", lambda t, r: train(t, "--train.lr", "nan"), "train.lr = nan"),
-    ("config-gamma-inf", lambda t, r: train(t, "--policy.gamma=-inf"), "policy.gamma = -inf: must be a finite"),
+    (
+        "config-gamma-inf",
+        lambda t, r: train(t, "--policy.gamma=-inf"),
+        "policy.gamma = -inf: must be a finite",
+    ),
     ("config-timeout-inf", lambda t, r: train(t, "--call_timeout_s", "inf"), "call_timeout_s = inf"),
     ("config-fraction-nan", lambda t, r: train(t, "--data.test_fraction", "nan"), "data.test_fraction = nan"),
-    ("config-rounds-zero", lambda t, r: train(t, "--federation.rounds", "0"), "federation.rounds = 0: must be >= 1"),
+    (
+        "config-rounds-zero",
+        lambda t, r: train(t, "--federation.rounds", "0"),
+        "federation.rounds = 0: must be >= 1",
+    ),
     (
         "config-batch-float",
         lambda t, r: train(t, "--train.batch_size", "1.5"),
