@@ -21,6 +21,7 @@ import tomli_w
 
 from splitft.config_io import convert_value, load_toml
 from splitft.errors import ConfigError
+from splitft.files import write_atomic
 from splitft.registry import METHODS, POLICIES, RUNTIMES
 
 # Allowed values of the choice fields, defined here only: the modules that act on them import
@@ -303,7 +304,7 @@ class Config:
 
     def to_toml(self, path: str | os.PathLike[str]) -> None:
         """Write every field (the resolved config), so the run can be repeated from the file."""
-        Path(path).write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        write_atomic(Path(path), tomli_w.dumps(self.to_dict()))  # a killed write leaves the old file
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with ``{"lora.r_cut": "4", "seed": 7, ...}`` applied; strings are parsed."""
@@ -384,6 +385,7 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
             f"every metric must be one of {', '.join(GENERATION_METRICS)}",
         ),
         *_method_rules(cfg),
+        *((key, math.isfinite, "must be a finite number") for key, tp in FIELD_TYPES.items() if tp is float),
     ]
 
 

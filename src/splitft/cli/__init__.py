@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from splitft.config import FIELD_TYPES, Config
 from splitft.config_cli import add_config_arguments, config_from_args
@@ -163,6 +164,13 @@ def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
     if ns.command in ("train", "compare") and unknown[0].startswith("--"):
         key, _, value = unknown[0][2:].partition("=")
         Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line like every other (not usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -349,7 +357,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
+    parser = _Parser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_eval, _add_generate, _add_compare, _add_bench, _add_partition, _add_report):
         add(sub)
@@ -358,14 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns, unknown = parser.parse_known_args(argv)
     try:
+        ns, unknown = parser.parse_known_args(argv)
         if unknown:
             _reject_unknown(ns, unknown)
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return ns.run(ns)
     except SplitFTError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write fault (permission, full disk): one line; what was written stays
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

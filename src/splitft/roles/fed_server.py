@@ -18,7 +18,8 @@ import torch
 from splitft.algorithms.aggregation import Contribution, merge
 from splitft.algorithms.lowrank import canonicalize
 from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
-from splitft.wire.messages import read, read_adapters
+from splitft.wire import checks
+from splitft.wire.messages import read
 
 
 class FedServer:
@@ -35,9 +36,11 @@ class FedServer:
         return self._global
 
     def contribution(self, payload: bytes, ranks: Mapping[str, int]) -> Contribution:
-        """Decode one client's upload; its weight is its number of training samples."""
+        """Decode and check one client's upload (ReplyError or CodecError when malformed); its
+        weight is its number of training samples."""
         message = read(payload)
-        return Contribution(float(message["control"]["samples"]), read_adapters(message, self.layout), ranks)
+        samples = checks.number(message.get("control"), "samples", integer=True, minimum=1)
+        return Contribution(float(samples), checks.adapters(message, self.layout, ranks), ranks)
 
     def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
         """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the

@@ -19,8 +19,8 @@ from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
+from splitft.wire.checks import smashed
 from splitft.wire.codec import Entry, encode_message
-from splitft.wire.messages import read
 
 
 @dataclass
@@ -49,6 +49,7 @@ class MainServer:
         self.cfg = cfg
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
         self.copies: dict[int, _ServerCopy] = {}
+        self.vocab_size = model.model.get_output_embeddings().weight.shape[0]
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
         """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
@@ -101,8 +102,8 @@ class MainServer:
     def score(self, client_id: int, payload: bytes, global_adapters: Adapters) -> StepStats:
         """Loss and accuracy of the global adapters from a client's held-out smashed data."""
         copy = self.copies[client_id]
-        message = read(payload)
-        if "hidden" not in message:
+        message = smashed(payload, self.model.embed_dim, self.vocab_size, optional=True)
+        if not message:
             return StepStats(0.0, 0, 0)
         device = self.model.device
         # The global set as this client's copy holds it (its first block at rank r_cut), so the
@@ -124,7 +125,7 @@ class MainServer:
     def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
         """Forward + backward from the client's smashed data; returns the gradient message."""
         copy = self.copies[client_id]
-        message = read(payload)
+        message = smashed(payload, self.model.embed_dim, self.vocab_size)  # ReplyError: drop the client
         device = self.model.device
         hidden = message["hidden"].to(device, torch.float32).requires_grad_(True)
         mask = message["attention_mask"].to(device, torch.long)
