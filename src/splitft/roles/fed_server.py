@@ -18,7 +18,7 @@ import torch
 from splitft.algorithms.aggregation import Contribution, merge
 from splitft.algorithms.lowrank import canonicalize
 from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
-from splitft.wire.messages import read, read_adapters
+from splitft.wire.messages import add_to, read, read_adapters
 
 
 class FedServer:
@@ -35,9 +35,13 @@ class FedServer:
         return self._global
 
     def contribution(self, payload: bytes, ranks: Mapping[str, int]) -> Contribution:
-        """Decode one client's upload; its weight is its number of training samples."""
+        """Decode one client's upload; its weight is its number of training samples. A delta
+        upload is the change since the client's download, added here to the round's start."""
         message = read(payload)
-        return Contribution(float(message["control"]["samples"]), read_adapters(message, self.layout), ranks)
+        tensors = read_adapters(message, self.layout)
+        if message["control"].get("delta"):
+            tensors = add_to(self._global, tensors)
+        return Contribution(float(message["control"]["samples"]), tensors, ranks)
 
     def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
         """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the

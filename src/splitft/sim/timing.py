@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from splitft.config import Config
+from splitft.config import Config, client_format
 from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
 from splitft.sim.costs import (
     ModelShape,
@@ -70,6 +70,20 @@ class RoundTimer:
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
 
+    @property
+    def formats(self) -> list[tuple[str, str | None, str]]:
+        """Each client's (activation, gradient, adapter) wire formats, as the codec will send
+        them (gradients None = as activations, so configs without codec lists predict as before)."""
+        codec = self.cfg.codec
+        return [
+            (
+                client_format(codec.activations, i, codec.activation_dtype),
+                client_format(codec.gradients, i, "") or None,
+                client_format(codec.adapters, i, "fp32"),
+            )
+            for i in range(self.cfg.federation.num_clients)
+        ]
+
     def predict(self, cuts: Sequence[int]) -> RoundTiming:
         """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
         cfg = self.cfg
@@ -87,6 +101,7 @@ class RoundTimer:
             server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
             heldout_samples=self.heldout_samples,
+            formats=self.formats,
         )
 
     def actual(
