@@ -30,7 +30,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 WIRE_DTYPES = ("fp32", "fp16", "bf16")
 CUT_FORMATS = (*WIRE_DTYPES, "int8", "int4", "int2", "topk:<fraction>")
 """Formats of activations and gradients at the cut (codec.activations, codec.gradients)."""
-ADAPTER_FORMATS = ("fp32", "delta", "delta-int8")
+ADAPTER_FORMATS = ("fp32", "delta", "delta-int8", "delta-int4")
 """Formats of the adapter exchange (codec.adapters)."""
 AGGREGATIONS = ("fedavg", "svd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -190,7 +190,8 @@ class CodecConfig:
     adapters: list[str] = field(default_factory=list)
     """Adapter exchange, both directions, one for all or one per client (empty = fp32):
     'fp32' (whole tensors), 'delta' (the change against what the receiver holds, fp32) or
-    'delta-int8' (that change in int8 per row, the sender keeping its residual)."""
+    'delta-int8' / 'delta-int4' (that change in int8 per row / int4 per 64 values, the sender
+    keeping its residual)."""
 
 
 @dataclass

@@ -44,7 +44,11 @@ from splitft.wire.quantize import GROUP, wire_size
 FLOAT_BYTES = 4
 WIRE_ITEMSIZE = dict(zip(WIRE_DTYPES, (4, 2, 2), strict=True))
 ADAPTER_BYTES_PER_PARAM = dict(
-    zip(ADAPTER_FORMATS, (FLOAT_BYTES, FLOAT_BYTES, 1 + FLOAT_BYTES / GROUP), strict=True)
+    zip(
+        ADAPTER_FORMATS,
+        (FLOAT_BYTES, FLOAT_BYTES, 1 + FLOAT_BYTES / GROUP, 0.5 + FLOAT_BYTES / GROUP),
+        strict=True,
+    )
 )
 """Predicted adapter bytes per parameter of each codec.adapters format (int8: at most one
 fp32 scale per 64 values)."""
