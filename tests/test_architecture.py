@@ -4,6 +4,7 @@ functions stay small, and nothing cites a design file outside the repository."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -142,3 +143,36 @@ def test_modules_and_functions_stay_small() -> None:
 def test_code_cites_no_design_file_outside_the_repo() -> None:
     cited = [str(p.relative_to(SRC)) for p in PACKAGE.rglob("*.py") if "design.md" in p.read_text()]
     assert not cited, f"cite docs/architecture.md instead: {cited}"
+
+
+ARCHITECTURE = SRC.parent / "docs" / "architecture.md"
+
+
+def _cited_in(text: str) -> set[str]:
+    """Decision ids (``D3``, ``D2-D4`` expanded) and quoted section titles cited after
+    ``architecture.md``."""
+    cited: set[str] = set()
+    for match in re.finditer(r"architecture\.md,?\s+(D\d+(?:-D\d+)?|\"[^\"]+\")", text):
+        ref = match.group(1)
+        if ref.startswith('"'):
+            cited.add(ref.strip('"'))
+        else:
+            first, _, last = ref.partition("-")
+            cited.update(f"D{n}" for n in range(int(first[1:]), int((last or first)[1:]) + 1))
+    return cited
+
+
+def test_every_citation_of_the_architecture_doc_exists() -> None:
+    doc = ARCHITECTURE.read_text()
+    decisions = set(re.findall(r"^\*\*(D\d+)\.", doc, flags=re.MULTILINE))
+    sections = {line.lstrip("#").strip() for line in doc.splitlines() if line.startswith("## ")}
+    assert decisions == {f"D{n}" for n in range(1, 10)}
+    assert _cited_in('see docs/architecture.md, D2-D4 and docs/architecture.md, "One round"') == {
+        "D2", "D3", "D4", "One round",
+    }  # fmt: skip
+    missing = {}
+    for path in PACKAGE.rglob("*.py"):
+        absent = _cited_in(" ".join(path.read_text().split())) - decisions - sections
+        if absent:
+            missing[str(path.relative_to(SRC))] = sorted(absent)
+    assert not missing, f"cited but not in docs/architecture.md: {missing}"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitft.errors import ConfigError
-from splitft.sim.clock import ClientWork, VirtualClock, predict_makespan, predict_round, simulate_round
+from splitft.sim.clock import ClientWork, VirtualClock, predict_round, simulate_round
 from splitft.sim.costs import block_forward_flops, eval_flops, heldout_flops
 from splitft.sim.devices import DeviceProfile, device_preset, server_profile
 from test_devices import smollm2
@@ -89,9 +89,7 @@ def test_sequential_makespan_is_the_sum_of_per_client_times() -> None:
 
 def test_evaluation_is_charged_where_it_runs() -> None:
     plain = simulate_round(SERVER, [work()]).makespan_s
-    on_client = simulate_round(SERVER, [work(eval_flops=4e9, eval_on="client")])
-    on_server = simulate_round(SERVER, [work(eval_flops=4e9, eval_on="server")])
-    assert on_client.makespan_s - plain == pytest.approx(4e9 / CLIENT.flops)
+    on_server = simulate_round(SERVER, [work(eval_flops=4e9)])
     assert on_server.makespan_s - plain == pytest.approx(4e9 / SERVER.flops)
     assert on_server.server_busy_s == pytest.approx(0.5 + 0.4)
     # split like training: the client's blocks of the check on its device, the rest on the server
@@ -99,10 +97,6 @@ def test_evaluation_is_charged_where_it_runs() -> None:
     assert split.makespan_s - plain == pytest.approx(1e9 / CLIENT.flops + 4e9 / SERVER.flops)
     assert split.breakdown[0].compute_s == pytest.approx(2.0 + 3.0 + 1.0)
     assert split.server_busy_s == pytest.approx(0.5 + 0.4)
-    both_on_client = simulate_round(SERVER, [work(eval_flops=4e9, eval_client_flops=1e9, eval_on="client")])
-    assert both_on_client.makespan_s - plain == pytest.approx(5e9 / CLIENT.flops)
-    with pytest.raises(ConfigError, match="eval_on"):
-        work(eval_on="cloud")
 
 
 def test_predicted_heldout_check_is_split_at_each_cut() -> None:
@@ -132,11 +126,13 @@ def test_idle_server_favours_offloading_and_busy_server_favours_fast_clients() -
     shape, profiles = smollm2(), device_preset("hetero", 5)
     idle, busy = server_profile("idle"), server_profile("busy")
     all_low, fast_keep_more = [1] * 5, [1, 3, 6, 10, 10]
-    assert predict_makespan(profiles, all_low, shape, idle, 4, 128) <= predict_makespan(
-        profiles, fast_keep_more, shape, idle, 4, 128
+    assert (
+        predict_round(profiles, all_low, shape, idle, 4, 128).makespan_s
+        <= predict_round(profiles, fast_keep_more, shape, idle, 4, 128).makespan_s
     )
-    assert predict_makespan(profiles, fast_keep_more, shape, busy, 4, 128) < predict_makespan(
-        profiles, all_low, shape, busy, 4, 128
+    assert (
+        predict_round(profiles, fast_keep_more, shape, busy, 4, 128).makespan_s
+        < predict_round(profiles, all_low, shape, busy, 4, 128).makespan_s
     )
 
 
@@ -190,7 +186,6 @@ works = st.builds(
     adapter_down_bytes=st.floats(0.0, 1e6),
     adapter_up_bytes=st.floats(0.0, 1e6),
     eval_flops=st.floats(0.0, 1e11),
-    eval_on=st.sampled_from(["server", "client"]),
     eval_client_flops=st.floats(0.0, 1e10),
 )
 servers = st.builds(replace, st.just(SERVER), flops=st.floats(1e9, 1e13))

@@ -93,7 +93,7 @@ def test_simenv_equals_inprocess(corpus, inprocess, tmp_path):
     assert Config.from_toml(flare / "config.toml").devices.clients == ["phone-low", "phone-high"]
     # The checkpoint's client state came from the sites as codec bytes: same tensors.
     a, b = (load_file(str(d / "checkpoint" / "tensors.safetensors")) for d in (inprocess, flare))
-    assert a.keys() == b.keys() and any(k.startswith("loop/clients/1/optimizer/exp_avg/") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("loop/clients/states/1/optimizer/exp_avg/") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 

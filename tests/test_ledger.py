@@ -40,12 +40,11 @@ def test_ledger_totals_match_recorded_messages() -> None:
         "bytes_down": 0,
         "bytes_by_kind": dict.fromkeys(KINDS, 0),
     }
-    per_client = ledger.by_client(round=0)
-    assert per_client[2] == {"up": total([s for s in sent if s[:2] == (0, 2)], "up"),
-                             "down": total([s for s in sent if s[:2] == (0, 2)], "down")}  # fmt: skip
-    assert sum(c["up"] + c["down"] for c in ledger.by_client().values()) == total(sent, "up") + total(
-        sent, "down"
-    )
+    per_client = ledger.client_round(0, 2)
+    assert {d: per_client[d]["total"] for d in ("up", "down")} == {
+        "up": total([s for s in sent if s[:2] == (0, 2)], "up"),
+        "down": total([s for s in sent if s[:2] == (0, 2)], "down"),
+    }
 
 
 def test_ledger_to_dict_from_dict_round_trips_through_json() -> None:
@@ -55,7 +54,10 @@ def test_ledger_to_dict_from_dict_round_trips_through_json() -> None:
     restored = ByteLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
     assert restored.to_dict() == ledger.to_dict()
     assert restored.totals() == ledger.totals()
-    assert restored.by_client() == {1: {"up": 120, "down": 0}, 0: {"up": 0, "down": 50}}
+    assert (
+        restored.client_round(0, 1)["up"]["total"] == 120
+        and restored.client_round(1, 0)["down"]["total"] == 50
+    )
 
 
 def test_ledger_rejects_bad_direction_kind_and_dict() -> None:

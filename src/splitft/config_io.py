@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tomllib
 from collections.abc import Callable
 from typing import Any, get_args, get_origin
 
 from splitft.errors import ConfigError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 has only the tomli backport
-    import tomli as tomllib
 
 __all__ = ["TYPES", "convert_value", "load_toml"]
 

@@ -139,10 +139,7 @@ def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
         Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
         help="fine-tune across clients with split LoRA and write a run directory",
@@ -158,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.set_defaults(run=_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="score a saved adapter (PEFT format) on test or validation text")
     ev.add_argument("--adapter", required=True, help="adapter folder written by `splitft train`")
     ev.add_argument("--data", default="", help="corpus or file (default: the run's data.train)")
@@ -171,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     ev.set_defaults(run=_eval)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     cmp = sub.add_parser(
         "compare",
         help="train several methods or values of a field on the same data and seed, and compare them",
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(cmp)
     cmp.set_defaults(run=_compare)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="measure split vs unsplit step time, bytes per step and memory per client"
     )
@@ -209,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="", help="also write the results as JSON here")
     bench.set_defaults(run=_bench)
 
+
+def _add_partition(sub: argparse._SubParsersAction) -> None:
     # Numbers are taken as text and parsed by the config, so a bad value is one `error:` line;
     # defaults come from the config, so this shows what `splitft train` would get.
     data = Config().data
@@ -258,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     part.set_defaults(run=_partition)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser(
         "report",
         help="compare finished runs: a table of perplexity, time to a target, traffic and overlay plots",
@@ -277,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-incomplete", action="store_true", help="report runs without summary.json from their metrics"
     )
     rep.set_defaults(run=_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_compare, _add_bench, _add_partition, _add_report):
+        add(sub)
     return parser
 
 

@@ -24,10 +24,10 @@ from splitft.roles.trainer import WholeModelTrainer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
-from splitft.wire.calls import client_role, counted_call, drop_report
+from splitft.wire.calls import Clients
 from splitft.wire.codec import encode_message
 from splitft.wire.ledger import ByteLedger
-from splitft.wire.messages import adapter_entries, control, read, read_state, state_message
+from splitft.wire.messages import adapter_entries, control, read
 
 if TYPE_CHECKING:
     from splitft.data.tokenize import TokenizedDataset
@@ -48,15 +48,13 @@ class FedLoraLoop:
     ) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.runtime = runtime
+        self.clients = Clients(runtime, ledger, cfg.federation.num_clients)
         self.fed_server = fed_server
         self.ledger = ledger
         self.timer = timer
         self.num_blocks = num_blocks
         self.feasible = list(feasible)
         self.clock = VirtualClock()
-        self.dropped: set[int] = set()
-        self.late_drops: list[dict] = []  # failed outside a round; reported with the next one
         self.num_clients = cfg.federation.num_clients
 
     @property
@@ -65,9 +63,9 @@ class FedLoraLoop:
 
     def run_round(self, round_number: int) -> RoundResult:
         """Global adapters down, local steps, adapters up, a merge over the clients that finished."""
-        dropped, self.late_drops = self.late_drops, []
+        dropped = self.clients.start_round(round_number)
         steps = self.cfg.federation.local_steps
-        alive = [i for i in range(self.num_clients) if self.feasible[i] and i not in self.dropped]
+        alive = [i for i in self.clients.alive() if self.feasible[i]]
         adapters = encode_message(adapter_entries(self.global_adapters, full_ranks(self.layout))).data
         request = control(steps=steps, first_step=(round_number - 1) * steps)
         loss_sum, tokens, shapes, contributions = 0.0, 0, {}, []
@@ -111,35 +109,20 @@ class FedLoraLoop:
         failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped)
         if failures:
             return failures
-        if self.dropped:
-            return f"every feasible client was dropped in an earlier round: {sorted(self.dropped)}"
+        if self.clients.dropped:
+            return f"every feasible client was dropped in an earlier round: {sorted(self.clients.dropped)}"
         return "no client's device can train the whole model"
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
     ) -> bytes | None:
-        return counted_call(
-            self.runtime, self.ledger, self.dropped, dropped, round_number, i, method, payload
-        )
+        return self.clients.call(i, method, payload, dropped)
 
     def state_dict(self) -> dict[str, Any]:
-        """The global set, every client's trainer state (asked through the runtime), the clock,
-        the ledger and who was dropped."""
-        clients = {}
-        for i in range(self.num_clients):
-            if i in self.dropped:
-                continue
-            result = self.runtime.call(client_role(i), "export_state", control())
-            if isinstance(result, bytes):
-                clients[str(i)] = read_state(result)
-            else:
-                self.late_drops.append(
-                    drop_report(self.dropped, i, self.clock.rounds, "export_state", result.error)
-                )
+        """The global set, the clients' trainer states (asked of each), the clock and the ledger."""
         return {
             "fed_server": self.fed_server.state_dict(),
-            "clients": clients,
-            "dropped": sorted(self.dropped),
+            "clients": self.clients.state_dict(),
             "clock": self.clock.to_dict(),
             "ledger": self.ledger.to_dict(),
         }
@@ -147,12 +130,7 @@ class FedLoraLoop:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.fed_server.load_state_dict(state["fed_server"])
         self.clock = VirtualClock.from_dict(state["clock"])
-        self.dropped = set(state["dropped"])
-        for key, client_state in state["clients"].items():
-            result = self.runtime.call(client_role(int(key)), "restore_state", state_message(client_state))
-            if not isinstance(result, bytes):
-                report = drop_report(self.dropped, int(key), self.clock.rounds, "restore_state", result.error)
-                self.late_drops.append(report)
+        self.clients.load_state_dict(state["clients"])
         self.ledger.restore(state["ledger"])
 
 

@@ -36,18 +36,10 @@ from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
-from splitft.wire.calls import client_role, counted_call, drop_report
+from splitft.wire.calls import Clients
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
-from splitft.wire.messages import (
-    DELTA_FORMATS,
-    adapter_entries,
-    add_to,
-    control,
-    read_adapters,
-    read_state,
-    state_message,
-)
+from splitft.wire.messages import DELTA_FORMATS, adapter_entries, add_to, control, read_adapters
 
 
 def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
@@ -77,7 +69,7 @@ class SplitRoundLoop:
     ) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.runtime = runtime
+        self.clients = Clients(runtime, ledger, cfg.federation.num_clients)
         self.main_server = main_server
         self.fed_server = fed_server
         self.policy = policy
@@ -85,8 +77,6 @@ class SplitRoundLoop:
         self.timer = timer
         self.clock = VirtualClock()
         self.num_clients = cfg.federation.num_clients
-        self.dropped: set[int] = set()
-        self.late_drops: list[dict] = []  # failed outside a round; reported with the next one
         self.previous_cuts = list(start_cuts)
         self.accuracy: dict[int, float] = {}
         self.cut_blocks: set[int] = set()
@@ -100,10 +90,13 @@ class SplitRoundLoop:
     def global_adapters(self) -> Adapters:
         return self.fed_server.global_adapters
 
+    @property
+    def runtime(self) -> Runtime:
+        return self.clients.runtime
+
     def sample_clients(self, round_number: int) -> list[int]:
         """The clients taking part in a round: a seeded sample of those not dropped."""
-        alive = [i for i in range(self.num_clients) if i not in self.dropped]
-        return sample_clients(self.cfg, alive, round_number)
+        return sample_clients(self.cfg, self.clients.alive(), round_number)
 
     def run_round(self, round_number: int) -> RoundResult:
         ctx = AllocationContext(
@@ -111,12 +104,12 @@ class SplitRoundLoop:
         )
         decisions = self.policy.allocate(ctx)
         cuts = [d.cut for d in decisions]
+        dropped = self.clients.start_round(round_number)
         clients = self.sample_clients(round_number)
-        dropped, self.late_drops = self.late_drops, []
         fresh = self._canonicalize_new_cut_blocks(cuts)
         clients = self._begin_all(round_number, clients, cuts, dropped)
         loss_sum, tokens, step_shapes = self._train(round_number, clients, dropped)
-        clients = [i for i in clients if i not in self.dropped]
+        clients = [i for i in clients if i not in self.clients.dropped]
         participants, truncation = self._merge(round_number, clients, cuts, dropped)
         if self.policy.uses_accuracy:
             self._score_heldout(round_number, participants, cuts, dropped)
@@ -165,7 +158,7 @@ class SplitRoundLoop:
             if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
                 self.main_server.begin_round(i, cuts[i], start, reset=reset, reset_all=reset_all)
                 self.pending_reset.pop(i, None)
-        return [i for i in clients if i not in self.dropped]
+        return [i for i in clients if i not in self.clients.dropped]
 
     def _train(
         self, round_number: int, clients: list[int], dropped: list[dict]
@@ -178,7 +171,7 @@ class SplitRoundLoop:
         for step in range(self.cfg.federation.local_steps):
             global_step = (round_number - 1) * self.cfg.federation.local_steps + step
             for i in clients:
-                if i in self.dropped:
+                if i in self.clients.dropped:
                     continue
                 smashed = self._call(round_number, i, "forward_step", control(step=global_step), dropped)
                 if smashed is None:
@@ -278,24 +271,11 @@ class SplitRoundLoop:
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
     ) -> bytes | None:
         """Call client ``i``, count every byte both ways; a failed call drops the client."""
-        return counted_call(
-            self.runtime, self.ledger, self.dropped, dropped, round_number, i, method, payload
-        )
+        return self.clients.call(i, method, payload, dropped)
 
     def state_dict(self) -> dict[str, Any]:
-        """The loop's bookkeeping, the fed and main servers' state, and every client's (asked
-        of the client through the runtime, not counted as traffic; a client that cannot answer
-        is dropped and reported with the next round)."""
-        clients = {}
-        last = self.clock.rounds
-        for i in range(self.num_clients):
-            if i in self.dropped:
-                continue  # never called again, and its process may be gone
-            result = self.runtime.call(client_role(i), "export_state", control())
-            if isinstance(result, bytes):
-                clients[str(i)] = read_state(result)
-            else:
-                self.late_drops.append(drop_report(self.dropped, i, last, "export_state", result.error))
+        """The loop's bookkeeping, the fed and main servers' state, and the clients' (each asked
+        of the client itself; one that cannot answer is dropped, reported with the next round)."""
         return {
             "previous_cuts": list(self.previous_cuts),
             "accuracy": {str(i): a for i, a in self.accuracy.items()},
@@ -303,26 +283,18 @@ class SplitRoundLoop:
             "synced": {str(i): list(v) for i, v in self.synced.items()},
             "pending_reset": {str(i): sorted(v) for i, v in self.pending_reset.items()},
             "references": {str(i): v for i, v in self.references.items()},
-            "dropped": sorted(self.dropped),
             "clock": self.clock.to_dict(),
             "ledger": self.ledger.to_dict(),
             "fed_server": self.fed_server.state_dict(),
             "main_server": self.main_server.state_dict(),
-            "clients": clients,
+            "clients": self.clients.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.fed_server.load_state_dict(state["fed_server"])
         self.main_server.load_state_dict(state["main_server"])
-        self.dropped = set(state["dropped"])
         self.clock = VirtualClock.from_dict(state["clock"])
-        for key, client_state in state["clients"].items():
-            i = int(key)
-            result = self.runtime.call(client_role(i), "restore_state", state_message(client_state))
-            if not isinstance(result, bytes):
-                self.late_drops.append(
-                    drop_report(self.dropped, i, self.clock.rounds, "restore_state", result.error)
-                )
+        self.clients.load_state_dict(state["clients"])
         self.previous_cuts = list(state["previous_cuts"])
         self.accuracy = {int(i): a for i, a in state["accuracy"].items()}
         self.cut_blocks = set(state["cut_blocks"])

@@ -8,7 +8,6 @@ timed out (a failure is a value, never an exception, so one bad client cannot st
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -29,10 +28,3 @@ class Runtime(ABC):
     @abstractmethod
     def call(self, target: str, method: str, payload: bytes) -> bytes | CallFailure:
         """Call ``method`` of role ``target`` with ``payload``."""
-
-    def call_many(self, calls: Sequence[tuple[str, str, bytes]]) -> list[bytes | CallFailure]:
-        """Several calls, results in the same order (engines may run them concurrently)."""
-        return [self.call(target, method, payload) for target, method, payload in calls]
-
-    def close(self) -> None:  # noqa: B027 - optional hook: most runtimes hold nothing
-        """Release what the runtime holds."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import tomllib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,8 +73,6 @@ def site_index(name: str) -> int:
 def read_site_config(path: str | os.PathLike[str]) -> dict[str, str]:
     """A site TOML: ``data_path`` (this site's training file; '' = its partition of the job's
     corpus) and ``device`` (its tier for the virtual clock; '' = the job's)."""
-    from splitft.config import tomllib
-
     try:
         with open(path, "rb") as handle:
             values = tomllib.load(handle)

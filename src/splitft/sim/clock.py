@@ -13,13 +13,11 @@ backward + optimizer step] -> held-out evaluation -> adapter upload. The one mai
 runs its jobs FIFO in arrival order (ties: lower client index first); the server link is
 not shared (a 10 Gbit/s server link is never the bottleneck of phone-class clients).
 
-The held-out evaluation the policy needs runs on the client (``eval_on="client"``: after its
-last step, before the adapter upload, scoring its own model) or split like training
-(``eval_on="server"``: after the adapter upload the client forwards its held-out samples
-through its own blocks, ``eval_client_flops`` on its device, and the main server runs the rest
-and scores, ``eval_flops``, a FIFO job like any other). The round loop's check is the second:
-its FLOPs are charged where they run and its bytes (the merged adapters down again, the
-held-out activations up) are in the round's transfers, but it is timed per client, right
+The held-out evaluation the policy needs is split like training: after the adapter upload the
+client forwards its held-out samples through its own blocks (``eval_client_flops`` on its
+device) and the main server runs the rest and scores (``eval_flops``, a FIFO job like any
+other). Its FLOPs are charged where they run and its bytes (the merged adapters down again,
+the held-out activations up) are in the round's transfers, but it is timed per client, right
 after that client's upload. The loop itself waits for the merge first; the clock does not
 model that barrier, so a fast client's check overlaps the slow ones' training (a round's
 makespan, set by the slowest client, changes little).
@@ -41,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 from splitft.config import CLOCK_ORDERS as ORDERS
 from splitft.errors import ConfigError
@@ -54,8 +51,6 @@ from splitft.sim.costs import (
     heldout_flops,
 )
 from splitft.sim.devices import DeviceProfile
-
-EVAL_ON = ("server", "client")
 
 
 @dataclass(frozen=True)
@@ -72,17 +67,14 @@ class ClientWork:
     adapter_down_bytes: float = 0.0
     adapter_up_bytes: float = 0.0
     eval_flops: float = 0.0
-    eval_on: Literal["server", "client"] = "server"
     local_flops: float = 0.0
     """FLOPs the client computes on its own after the adapter download (fedlora's whole-model
     steps: no server job, no activations)."""
     eval_client_flops: float = 0.0
     """The client's part of the held-out evaluation (its blocks, on its device); ``eval_flops``
-    is the server's part (with ``eval_on="client"`` the client computes both)."""
+    is the server's part."""
 
     def __post_init__(self) -> None:
-        if self.eval_on not in EVAL_ON:
-            raise ConfigError(f"eval_on must be one of {', '.join(EVAL_ON)} (got {self.eval_on!r})")
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0 (got {self.steps})")
 
@@ -93,7 +85,6 @@ class ClientWork:
         costs: StepCosts,
         steps: int = 1,
         eval_flops: float = 0.0,
-        eval_on: Literal["server", "client"] = "server",
         eval_client_flops: float = 0.0,
         adapter_bytes_per_param: float = FLOAT_BYTES,
     ) -> ClientWork:
@@ -111,7 +102,6 @@ class ClientWork:
             adapter_bytes,
             adapter_bytes,
             eval_flops,
-            eval_on,
             eval_client_flops=eval_client_flops,
         )
 
@@ -174,10 +164,8 @@ class _Client:
             self.compute(w.forward_flops)
             self.transfer(w.up_bytes, up=True)
             return self.t, w.server_flops
-        if w.eval_on == "client":
-            self.compute(w.eval_client_flops + w.eval_flops)
         self.transfer(w.adapter_up_bytes, up=True)
-        if w.eval_on == "server" and (w.eval_flops > 0 or w.eval_client_flops > 0):
+        if w.eval_flops > 0 or w.eval_client_flops > 0:
             self.compute(w.eval_client_flops)  # its blocks of the check, then the server's
             self.evaluating = True
             return self.t, w.eval_flops
@@ -282,7 +270,6 @@ def predict_round(
     r_cut: int = 8,
     order: str = "parallel",
     heldout_samples: int = 0,
-    eval_on: Literal["server", "client"] = "server",
     adapted_per_block: Projections | None = None,
     server_r_cut: int | None = None,
     formats: Sequence[tuple[str, str | None, str]] | None = None,
@@ -310,10 +297,5 @@ def predict_round(
         )
         on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut)
         per_param = ADAPTER_BYTES_PER_PARAM[adapters]
-        works.append(ClientWork.from_costs(device, costs, steps, on_server, eval_on, on_client, per_param))
+        works.append(ClientWork.from_costs(device, costs, steps, on_server, on_client, per_param))
     return simulate_round(server, works, order)
-
-
-def predict_makespan(*args: object, **kwargs: object) -> float:
-    """``predict_round(...).makespan_s``: the number a resource policy minimises."""
-    return predict_round(*args, **kwargs).makespan_s  # type: ignore[arg-type]

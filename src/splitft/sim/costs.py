@@ -262,10 +262,6 @@ class StepCosts:
     down_bytes: int  # gradient at the cut
     client_lora_params: int
 
-    @property
-    def client_flops(self) -> int:
-        return self.client_forward_flops + self.client_backward_flops
-
     @classmethod
     def for_cut(
         cls,

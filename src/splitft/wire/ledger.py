@@ -48,13 +48,6 @@ class ByteLedger:
     def totals(self) -> dict[str, Any]:
         return self._sum(lambda _rnd, _client: True)
 
-    def by_client(self, round: int | None = None) -> dict[int, dict[str, int]]:
-        out: dict[int, dict[str, int]] = {}
-        for (rnd, client, direction), counts in self._counts.items():
-            if round is None or rnd == round:
-                out.setdefault(client, {"up": 0, "down": 0})[direction] += sum(counts.values())
-        return out
-
     def client_round(self, round: int, client: int) -> dict[str, dict[str, int]]:
         """One client's bytes in one round: ``{direction: {kind: bytes, "total": bytes}}``."""
         out = {}
