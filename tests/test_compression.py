@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitft.cli import main
-from splitft.config import Config, client_format
+from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.errors import CodecError, ConfigError
 from splitft.recipes.experiment import local_runtime, setup
 from splitft.sim.costs import cut_bytes

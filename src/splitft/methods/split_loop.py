@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from splitft.algorithms.policy import AllocationContext, AllocationPolicy, accuracy_weights
-from splitft.config import Config, LoraConfig, client_format
+from splitft.config import Config, LoraConfig
+from splitft.config_codec import client_format
 from splitft.errors import SplitFTError
 from splitft.methods.base import RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, copy_ranks

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from splitft.algorithms.optim import AdapterOptimizer, retarget
-from splitft.config import Config, client_format
+from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel

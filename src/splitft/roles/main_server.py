@@ -16,7 +16,8 @@ import torch
 
 from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.optim import AdapterOptimizer, retarget
-from splitft.config import Config, client_format
+from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
 from splitft.wire.codec import Entry, encode_message

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from splitft.config import ADAPTER_FORMATS, WIRE_DTYPES
+from splitft.config import WIRE_DTYPES
+from splitft.config_codec import ADAPTER_FORMATS
 from splitft.errors import ConfigError, ModelError
 from splitft.sim.devices import DeviceProfile
 from splitft.wire.quantize import GROUP, wire_size

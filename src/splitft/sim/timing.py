@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from splitft.config import Config, client_format
+from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
 from splitft.sim.costs import (
     ModelShape,
