@@ -377,7 +377,12 @@ def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
     if cfg.method not in METHODS.names():
         return []  # reported by the choice rule above
-    return METHODS.get(cfg.method).config_rules(cfg)
+    method = METHODS.get(cfg.method)
+    if method.splits:
+        return method.config_rules(cfg)
+    plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
+    keys = ("codec.activations", "codec.gradients", "codec.adapters")
+    return [*method.config_rules(cfg), *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys)]
 
 
 _DATA_KEYS = frozenset(

@@ -57,12 +57,19 @@ class Client:
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: AdapterOptimizer | None = None
         self._pending: torch.Tensor | None = None
-        self.activation_format = client_format(cfg.codec.activations, client_id, cfg.codec.activation_dtype)
-        self.adapter_format = client_format(cfg.codec.adapters, client_id, "fp32")
         self.reference: dict[str, torch.Tensor] = {}
         """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
         self.feedback = ErrorFeedback()
         """Delta-int8: the residual of each adapter change not yet sent."""
+
+    @property
+    def activation_format(self) -> str:
+        codec = self.cfg.codec
+        return client_format(codec.activations, self.client_id, codec.activation_dtype)
+
+    @property
+    def adapter_format(self) -> str:
+        return client_format(self.cfg.codec.adapters, self.client_id, "fp32")
 
     @property
     def ranks(self) -> dict[str, int]:
