@@ -200,23 +200,17 @@ def test_bad_format_on_the_command_line_exits_2(tmp_path, capsys):
 
 @pytest.fixture()
 def compressed(tmp_path):
+    """Three clients at cuts 1-3, each with its own activation, gradient and adapter format."""
     path = tmp_path / "lines.txt"
     path.write_text("\n".join(f"sample {i} " + "word " * (3 + i % 17) for i in range(60)) + "\n")
-    cfg = Config().with_overrides(
-        {
-            "model.name": "tiny:llama",
-            "data.train": str(path),
-            "federation.num_clients": 3,
-            "federation.rounds": 3,
-            "federation.local_steps": 2,
-            "split.cuts": "1,2,3",
-            "codec.activations": "int8,int4,topk:0.2",
-            "codec.gradients": "topk:0.1,int2,int8",
-            "codec.adapters": "delta-int8,delta,fp32",
-            "policy.name": "accuracy",
-        }
-    )
-    exp = setup(cfg)
+    codec = {
+        "activations": ["int8", "int4", "topk:0.2"],
+        "gradients": ["topk:0.1", "int2", "int8"],
+        "adapters": ["delta-int8", "delta", "fp32"],
+    }
+    sections = {"model": {"name": "tiny:llama"}, "data": {"train": str(path)}, "split": {"cuts": [1, 2, 3]}}
+    sections["federation"] = {"num_clients": 3, "rounds": 3, "local_steps": 2}
+    exp = setup(Config.from_dict({**sections, "codec": codec, "policy": {"name": "accuracy"}}))
     return exp, local_runtime(exp)
 
 
