@@ -26,6 +26,7 @@ LABELS = {
     "rcut1": "fp32, r_cut = 1 (the paper's lever)",
     "int8": "int8 act / int8+EF grad / delta-int8 adapters",
     "int4": "int4 act / topk:0.05+EF grad / delta-int4 adapters",
+    "int2": "int4 act / topk:0.02+EF grad / delta-int2 adapters",
 }
 MB = 1e6
 

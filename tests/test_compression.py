@@ -181,7 +181,7 @@ def test_config_lists_one_for_all_or_one_per_client():
         ({"codec.activations": "int3"}, "codec.activations = ['int3']: every value must be one of fp32"),
         ({"codec.gradients": "topk:0"}, "codec.gradients = ['topk:0']"),
         ({"codec.gradients": "topk:abc"}, "(0 < fraction <= 1)"),
-        ({"codec.adapters": "int8"}, "codec.adapters = ['int8']: every value must be one of fp32, delta"),
+        ({"codec.adapters": "int8"}, "codec.adapters = ['int8']: every value must be one of fp32, delta,"),
         ({"codec.adapters": "fp32,fp32"}, "must hold 0, 1 or num_clients=5 values"),
         ({"codec.adapters": "delta", "method": "fedlora"}, "must be empty or fp32 with method = 'fedlora'"),
     ],
@@ -240,6 +240,11 @@ def test_bytes_counted_equal_bytes_sent_and_references_agree(compressed):
         for name, tensor in held.items():
             assert torch.equal(tensor, client.reference[name]), name
     assert 2 not in loop.references  # fp32 client: whole tensors, nothing tracked
+    # References are copies (a checkpoint cannot hold tensors that share memory).
+    storages = [t.untyped_storage().data_ptr() for t in loop.fed_server.global_adapters.values()]
+    for i in (0, 1):
+        for tensor in loop.references[i]["tensors"].values():
+            assert tensor.untyped_storage().data_ptr() not in storages
     assert runtime.roles["client-0"].feedback.residual  # delta-int8 keeps residuals
     assert not runtime.roles["client-1"].feedback.residual  # fp32 deltas are exact
 

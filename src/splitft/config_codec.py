@@ -13,7 +13,7 @@ WIRE_DTYPES = ("fp32", "fp16", "bf16")
 """The codec's casting formats (also config.WIRE_DTYPES, codec.activation_dtype's choices)."""
 CUT_FORMATS = (*WIRE_DTYPES, "int8", "int4", "int2", "topk:<fraction>")
 """Formats of activations and gradients at the cut (codec.activations, codec.gradients)."""
-ADAPTER_FORMATS = ("fp32", "delta", "delta-int8", "delta-int4")
+ADAPTER_FORMATS = ("fp32", "delta", "delta-int8", "delta-int4", "delta-int2")
 """Formats of the adapter exchange (codec.adapters)."""
 
 
@@ -35,8 +35,8 @@ class CodecConfig:
     adapters: list[str] = field(default_factory=list)
     """Adapter exchange, both directions, one for all or one per client (empty = fp32):
     'fp32' (whole tensors), 'delta' (the change against what the receiver holds, fp32) or
-    'delta-int8' / 'delta-int4' (that change in int8 per row / int4 per 64 values, the sender
-    keeping its residual)."""
+    'delta-int8' / 'delta-int4' / 'delta-int2' (that change in int8 per row, int4 or int2 per 64
+    values, the sender keeping its residual; whole tensors, when sent, in the same format)."""
 
 
 def topk_fraction(spec: str) -> float | None:

@@ -237,18 +237,19 @@ class SplitRoundLoop:
         self, round_number: int, i: int, cut: int, adapters: Adapters, ranks: Mapping[str, int]
     ) -> tuple[list[Entry], bool]:
         """Delta formats: client ``i``'s adapters as the change against what it holds, or whole
-        (fp32) when it holds nothing current; tracks what it will decode. Returns (entries, delta)."""
+        tensors (in the same format) when it holds nothing current; tracks what it decodes, so
+        the next change carries this one's quantisation error. Returns (entries, delta)."""
         held = self.references.get(i)
         delta = held is not None and held["cut"] == cut and held["round"] >= round_number - 1
-        if delta:
-            spec = client_format(self.cfg.codec.adapters, i, "fp32")
-            changes = {n: adapters[n] - held["tensors"][n] for n in ranks}
-            entries = adapter_entries(changes, ranks, spec)
-        else:
-            entries = adapter_entries({n: adapters[n] for n in ranks}, ranks)
+        spec = client_format(self.cfg.codec.adapters, i, "fp32")
+        send = {n: adapters[n] - held["tensors"][n] if delta else adapters[n] for n in ranks}
+        entries = adapter_entries(send, ranks, spec)
         decoded = read_adapters({e.name: e.value for e in entries}, self.layout)
         device = next(iter(adapters.values())).device
-        tensors = add_to(held["tensors"], decoded) if delta else {n: t.to(device) for n, t in decoded.items()}
+        if delta:
+            tensors = add_to(held["tensors"], decoded)
+        else:  # copies: a decoded fp32 tensor may be a view of the global set
+            tensors = {n: t.to(device).clone() for n, t in decoded.items()}
         self.references[i] = {"cut": cut, "round": round_number, "tensors": tensors}
         return entries, delta
 

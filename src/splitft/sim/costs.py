@@ -47,7 +47,13 @@ WIRE_ITEMSIZE = dict(zip(WIRE_DTYPES, (4, 2, 2), strict=True))
 ADAPTER_BYTES_PER_PARAM = dict(
     zip(
         ADAPTER_FORMATS,
-        (FLOAT_BYTES, FLOAT_BYTES, 1 + FLOAT_BYTES / GROUP, 0.5 + FLOAT_BYTES / GROUP),
+        (
+            FLOAT_BYTES,
+            FLOAT_BYTES,
+            1 + FLOAT_BYTES / GROUP,
+            0.5 + FLOAT_BYTES / GROUP,
+            0.25 + FLOAT_BYTES / GROUP,
+        ),
         strict=True,
     )
 )

@@ -18,7 +18,7 @@ from splitft.wire.quantize import decode_value, encode_value
 from splitft.wire.state import join_state, split_state
 
 STATE_ENTRY = "__state__"
-DELTA_FORMATS = {"delta": "fp32", "delta-int8": "int8", "delta-int4": "int4"}
+DELTA_FORMATS = {"delta": "fp32", "delta-int8": "int8", "delta-int4": "int4", "delta-int2": "int2"}
 """codec.adapters formats that send changes, and the format each change travels in."""
 
 
