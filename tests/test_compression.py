@@ -286,3 +286,22 @@ def test_resume_with_compression_is_exact(tmp_path):
         lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         rows.append([{k: v for k, v in row.items() if k != "wall_s"} for row in lines])
     assert rows[0] == rows[1]
+
+
+def test_the_policy_predicts_with_the_configured_formats(compressed):
+    """Predicted traffic (and so round time on slow uplinks) follows each client's formats."""
+    exp, _ = compressed
+    fp32 = setup(
+        exp.cfg.with_overrides({"codec.activations": "", "codec.gradients": "", "codec.adapters": ""})
+    )
+    assert exp.timer.formats == [
+        ("int8", "topk:0.1", "delta-int8"),
+        ("int4", "int2", "delta"),
+        ("topk:0.2", "int8", "fp32"),
+    ]
+    assert fp32.timer.formats == [("fp32", None, "fp32")] * 3
+    cuts = [1, 2, 3]
+    compressed_time, fp32_time = exp.timer.predict(cuts), fp32.timer.predict(cuts)
+    for i in range(3):
+        comm = compressed_time.breakdown[i].comm_s
+        assert comm < fp32_time.breakdown[i].comm_s, i

@@ -74,12 +74,13 @@ class RoundTimer:
     @property
     def formats(self) -> list[tuple[str, str | None, str]]:
         """Each client's (activation, gradient, adapter) wire formats, as the codec will send
-        them (gradients None = as activations, so configs without codec lists predict as before)."""
+        them (gradients None = as activations: configs without codec lists predict as before)."""
         codec = self.cfg.codec
+        legacy = not codec.activations and not codec.gradients
         return [
             (
                 client_format(codec.activations, i, codec.activation_dtype),
-                client_format(codec.gradients, i, "") or None,
+                None if legacy else client_format(codec.gradients, i, codec.gradient_dtype),
                 client_format(codec.adapters, i, "fp32"),
             )
             for i in range(self.cfg.federation.num_clients)
