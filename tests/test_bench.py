@@ -65,3 +65,15 @@ def test_memory_probes_report_a_peak(results: dict) -> None:
     assert all(run["maxrss_mb"] > 0 and run["setup_s"] > 0 and run["round_s"] > 0 for run in mem["runs"])
     assert mem["adapter_params_per_client"] > 0
     assert mem["state_per_client_mb"] == pytest.approx(mem["adapter_params_per_client"] * 12 / 1e6)
+
+
+def test_codec_formats_are_timed_and_smaller_than_fp32(results: dict) -> None:
+    rows = results["codec_formats"]
+    fp32 = rows["fp32"]["bytes_up"] + rows["fp32"]["bytes_down"]
+    # One entry "hidden": message head 17 + name length 2 + name 6 + entry head 10 + CRC 4.
+    assert rows["fp32"]["bytes_up"] == results["bytes"]["fp32"]["activation_payload"] + 39
+    for row in rows.values():
+        assert row["codec_s"] > 0
+        assert row["ratio_to_fp32"] == pytest.approx(fp32 / (row["bytes_up"] + row["bytes_down"]))
+    assert rows["int8"]["ratio_to_fp32"] > 3.5 and rows["int4"]["ratio_to_fp32"] > 6
+    assert rows["topk:0.01"]["ratio_to_fp32"] > 50

@@ -99,6 +99,24 @@ def test_simenv_equals_inprocess(corpus, inprocess, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+COMPRESSED = ("--codec.activations", "int4,topk:0.3", "--codec.gradients", "topk:0.1,int8")
+COMPRESSED += ("--codec.adapters", "delta-int8")
+
+
+def test_simenv_equals_inprocess_with_compression(corpus, inprocess, tmp_path):
+    """Packed activations and gradients, error feedback on the server and the sites, delta
+    adapters with references on both sides: the same run wherever the clients are."""
+    one, two = tmp_path / "inprocess", tmp_path / "flare"
+    assert main(["train", *args(corpus, 2, *COMPRESSED), "--out", str(one)]) == 0
+    assert main(["train", *args(corpus, 2, *COMPRESSED), "--runtime", "flare-sim", "--out", str(two)]) == 0
+    assert_same_run(one, two)
+    compressed, fp32 = metrics(one)[-1]["bytes_by_kind"], metrics(inprocess)[-1]["bytes_by_kind"]
+    assert (
+        compressed["activations"] * 3 < fp32["activations"]
+        and compressed["gradients"] * 3 < fp32["gradients"]
+    )
+
+
 @pytest.mark.skipif(
     os.environ.get("SPLITFT_TEST_POC") != "1",
     reason="PocEnv takes about 70 s (provisioning, starting services); set SPLITFT_TEST_POC=1",

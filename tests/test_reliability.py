@@ -192,7 +192,10 @@ def test_checks_name_what_is_wrong():
     [
         # split: the clients' activations turn NaN first; each is dropped, and with none left
         # the run stops as diverged, naming every client and why
-        ("splitft", r"every client failed \(client 0: malformed reply: entry 'hidden' holds NaN"),
+        (
+            "splitft",
+            r"every client failed \(client 0: CodecError: tensor holds NaN or infinite values; refusing",
+        ),
         ("fedlora", r"no client finished \(client 0: DivergenceError: the gradient norm is nan"),
         ("centralized", r"the gradient norm is nan at step \d+: training diverged \(train.lr = 1e\+30"),
     ],

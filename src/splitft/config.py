@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 import tomli_w
 
+from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, CodecConfig, cut_format_ok
 from splitft.config_io import convert_value, load_toml
 from splitft.errors import ConfigError
 from splitft.files import write_atomic
@@ -28,7 +29,6 @@ from splitft.registry import METHODS, POLICIES, RUNTIMES
 # these names. Modules that add a schedule, codec, runtime, ... extend these, and validate()
 # reads them at call time.
 SCHEDULES = ("constant", "linear", "cosine")
-WIRE_DTYPES = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("fedavg", "svd")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITIONS = ("iid", "length-dirichlet")
@@ -184,14 +184,6 @@ class EvalConfig:
     """Most tokens generated per prompt (greedy decoding)."""
     tensorboard: bool = False
     """Also write every metrics.jsonl field as TensorBoard scalars to RUN_DIR/tensorboard."""
-
-
-@dataclass
-class CodecConfig:
-    activation_dtype: str = "fp32"
-    """Wire dtype of activations: 'fp32', 'fp16' or 'bf16'."""
-    gradient_dtype: str = "fp32"
-    """Wire dtype of gradients: 'fp32', 'fp16' (with a per-tensor scale) or 'bf16'."""
 
 
 @dataclass
@@ -384,6 +376,23 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
             lambda v: set(v) <= set(GENERATION_METRICS),
             f"every metric must be one of {', '.join(GENERATION_METRICS)}",
         ),
+        *(
+            (key, lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values")
+            for key in ("codec.activations", "codec.gradients", "codec.adapters")
+        ),
+        *(
+            (
+                key,
+                lambda v: all(cut_format_ok(f) for f in v),
+                f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
+            )
+            for key in ("codec.activations", "codec.gradients")
+        ),
+        (
+            "codec.adapters",
+            lambda v: all(f in ADAPTER_FORMATS for f in v),
+            f"every value must be one of {', '.join(ADAPTER_FORMATS)}",
+        ),
         *_method_rules(cfg),
         *((key, math.isfinite, "must be a finite number") for key, tp in FIELD_TYPES.items() if tp is float),
     ]
@@ -393,7 +402,12 @@ def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
     if cfg.method not in METHODS.names():
         return []  # reported by the choice rule above
-    return METHODS.get(cfg.method).config_rules(cfg)
+    method = METHODS.get(cfg.method)
+    if method.splits:
+        return method.config_rules(cfg)
+    plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
+    keys = ("codec.activations", "codec.gradients", "codec.adapters")
+    return [*method.config_rules(cfg), *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys)]
 
 
 _DATA_KEYS = frozenset(

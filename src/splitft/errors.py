@@ -36,3 +36,7 @@ class ReplyError(SplitFTError, ValueError):
 class DivergenceError(SplitFTError):
     """Training produced a non-finite loss or gradient: the run stops (its last checkpoint is
     the last good state)."""
+
+
+NON_FINITE = "holds NaN or infinite values"
+"""How every error about a non-finite tensor says so (a run whose clients all fail with it diverged)."""

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from splitft.algorithms.optim import AdapterOptimizer
+from splitft.cli.bench_codec import codec_formats, report_lines
 from splitft.config import Config
 from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError
@@ -315,6 +316,8 @@ def report(r: dict[str, Any]) -> str:
             "",
             *_table(["wire", "activation msg", "gradient msg", "bytes/step", "= B*T*d*size+hdr"], wire),
             "",
+            *report_lines(r["codec_formats"]),
+            "",
             *_table(["clients", "peak RSS MB", "setup s", "round s"], runs),
             f"per extra client: {mem['per_client_mb']:.2f} MB measured, {mem['state_per_client_mb']:.2f} MB "
             f"adapters + AdamW state ({mem['adapter_params_per_client']} params)",
@@ -340,6 +343,7 @@ def run(
         "settings": settings,
         "step": time_steps(bench, repeats),
         "bytes": wire_bytes(batch_size, length, bench.dim),
+        "codec_formats": codec_formats(batch_size, length, bench.dim, max(repeats, 3)),
         "memory": memory(model_name, counts, bench.layout),
         "load_avg_1m_end": round(os.getloadavg()[0], 2),
     }

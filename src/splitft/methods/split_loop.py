@@ -28,6 +28,7 @@ from typing import Any
 
 from splitft.algorithms.policy import AllocationContext, AllocationPolicy, accuracy_weights
 from splitft.config import Config, LoraConfig
+from splitft.config_codec import client_format
 from splitft.errors import DivergenceError, SplitFTError
 from splitft.methods.base import RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, copy_ranks
@@ -40,7 +41,7 @@ from splitft.wire.calls import Clients, guarded
 from splitft.wire.checks import diverged
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
-from splitft.wire.messages import adapter_entries, control
+from splitft.wire.messages import DELTA_FORMATS, adapter_entries, add_to, control, read_adapters
 
 
 def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
@@ -83,6 +84,9 @@ class SplitRoundLoop:
         self.cut_blocks: set[int] = set()
         self.synced: dict[int, tuple[int, int]] = {}  # client -> (global version, cut) it holds
         self.pending_reset: dict[int, set[str]] = {}  # client -> tensors whose basis changed since
+        # Delta adapter formats: what each client holds (as it decoded it) and the last round it
+        # was sent adapters; a client that missed a round or moved its cut gets full tensors.
+        self.references: dict[int, dict[str, Any]] = {}
 
     @property
     def global_adapters(self) -> Adapters:
@@ -220,18 +224,45 @@ class SplitRoundLoop:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
         ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.client_cut_rank)
         held = self.synced.get(i) == (self.fed_server.version, cut)
-        entries = [] if held else adapter_entries({n: adapters[n] for n in ranks}, ranks)
         meta = {
             "round": round_number,
             "cut": cut,
             "reset": [n for n in reset if n in ranks],
             "reset_all": reset_all,
         }
+        if held:
+            entries = []
+        elif client_format(self.cfg.codec.adapters, i, "fp32") in DELTA_FORMATS:
+            entries, meta["delta"] = self._adapter_update(round_number, i, cut, adapters, ranks)
+        else:
+            entries = adapter_entries({n: adapters[n] for n in ranks}, ranks)
         entries.append(Entry("control", "control", meta))
         if self._call(round_number, i, "begin_round", encode_message(entries).data, dropped) is None:
             return False
         self.synced[i] = (self.fed_server.version, cut)
+        if i in self.references:
+            self.references[i]["round"] = round_number
         return True
+
+    def _adapter_update(
+        self, round_number: int, i: int, cut: int, adapters: Adapters, ranks: Mapping[str, int]
+    ) -> tuple[list[Entry], bool]:
+        """Delta formats: client ``i``'s adapters as the change against what it holds, or whole
+        tensors (in the same format) when it holds nothing current; tracks what it decodes, so
+        the next change carries this one's quantisation error. Returns (entries, delta)."""
+        held = self.references.get(i)
+        delta = held is not None and held["cut"] == cut and held["round"] >= round_number - 1
+        spec = client_format(self.cfg.codec.adapters, i, "fp32")
+        send = {n: adapters[n] - held["tensors"][n] if delta else adapters[n] for n in ranks}
+        entries = adapter_entries(send, ranks, spec)
+        decoded = read_adapters({e.name: e.value for e in entries}, self.layout)
+        device = next(iter(adapters.values())).device
+        if delta:
+            tensors = add_to(held["tensors"], decoded)
+        else:  # copies: a decoded fp32 tensor may be a view of the global set
+            tensors = {n: t.to(device).clone() for n, t in decoded.items()}
+        self.references[i] = {"cut": cut, "round": round_number, "tensors": tensors}
+        return entries, delta
 
     def _score_heldout(
         self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
@@ -282,6 +313,7 @@ class SplitRoundLoop:
             "cut_blocks": sorted(self.cut_blocks),
             "synced": {str(i): list(v) for i, v in self.synced.items()},
             "pending_reset": {str(i): sorted(v) for i, v in self.pending_reset.items()},
+            "references": {str(i): v for i, v in self.references.items()},
             "clock": self.clock.to_dict(),
             "ledger": self.ledger.to_dict(),
             "fed_server": self.fed_server.state_dict(),
@@ -299,4 +331,9 @@ class SplitRoundLoop:
         self.cut_blocks = set(state["cut_blocks"])
         self.synced = {int(i): tuple(v) for i, v in state["synced"].items()}
         self.pending_reset = {int(i): set(v) for i, v in state["pending_reset"].items()}
+        device = next(iter(self.global_adapters.values())).device
+        self.references = {
+            int(i): {**v, "tensors": {n: t.to(device) for n, t in v["tensors"].items()}}
+            for i, v in state.get("references", {}).items()
+        }
         self.ledger.restore(state["ledger"])  # in place: the experiment and the loop share it

@@ -14,11 +14,23 @@ import torch
 
 from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
 from splitft.model.lora import AdapterLayout, copy_ranks
 from splitft.model.split import SplitModel
 from splitft.wire.codec import Entry, encode_message
-from splitft.wire.messages import adapter_entries, control, read, read_adapters, read_state, state_message
+from splitft.wire.feedback import ErrorFeedback
+from splitft.wire.messages import (
+    DELTA_FORMATS,
+    adapter_entries,
+    add_to,
+    control,
+    read,
+    read_adapters,
+    read_state,
+    state_message,
+)
+from splitft.wire.quantize import decode_value, encode_value
 
 
 class Client:
@@ -45,6 +57,19 @@ class Client:
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: AdapterOptimizer | None = None
         self._pending: torch.Tensor | None = None
+        self.reference: dict[str, torch.Tensor] = {}
+        """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
+        self.feedback = ErrorFeedback()
+        """Delta-int8: the residual of each adapter change not yet sent."""
+
+    @property
+    def activation_format(self) -> str:
+        codec = self.cfg.codec
+        return client_format(codec.activations, self.client_id, codec.activation_dtype)
+
+    @property
+    def adapter_format(self) -> str:
+        return client_format(self.cfg.codec.adapters, self.client_id, "fp32")
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -75,9 +100,15 @@ class Client:
             # A tensor that now trains at a lower rank must not keep moments of its dropped components.
             self.optimizer.reset(n for n, r in self.ranks.items() if old_ranks.get(n, r) != r)
         self.optimizer.reset(self.params if meta.get("reset_all") else meta.get("reset", []))
+        received = read_adapters(message, self.layout)
+        if meta.get("delta"):
+            received = add_to(self.reference, received)
         with torch.no_grad():
-            for name, tensor in read_adapters(message, self.layout).items():
+            for name, tensor in received.items():
                 self.params[name].copy_(tensor)
+        if self.adapter_format in DELTA_FORMATS and received:
+            self.reference = {n: t.detach().clone() for n, t in self.params.items()}
+            self.feedback.keep_only(self.params)
         return control(ok=True)
 
     def heldout_forward(self, payload: bytes) -> bytes:
@@ -104,9 +135,10 @@ class Client:
 
     def _smashed(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> bytes:
         """The message a client sends at its cut: hidden state, labels, attention mask."""
+        value, wire_dtype = encode_value(hidden.cpu(), self.activation_format)
         return encode_message(
             [
-                Entry("hidden", "activations", hidden.cpu(), wire_dtype=self.cfg.codec.activation_dtype),
+                Entry("hidden", "activations", value, wire_dtype=wire_dtype),
                 Entry("labels", "labels", batch["labels"].to(torch.int32)),
                 Entry("attention_mask", "labels", batch["attention_mask"].to(torch.uint8)),
             ]
@@ -117,16 +149,24 @@ class Client:
         message = read(payload)
         if self._pending is None:
             raise RuntimeError("backward_step called before forward_step")
-        grad = message["grad"].to(self._pending.device, self._pending.dtype)
+        # Straight-through: the server's gradient w.r.t. what it decoded drives our own graph.
+        grad = decode_value(message["grad"]).to(self._pending.device, self._pending.dtype)
         self._pending.backward(grad)
         self._pending = None
         self.optimizer.step(int(message["control"]["step"]))
         return control(ok=True)
 
     def end_round(self, payload: bytes) -> bytes:
-        """Send this client's adapters (at the rank trained) back for aggregation."""
-        entries = adapter_entries(self.params, self.ranks)
-        entries.append(Entry("control", "control", {"samples": len(self.data)}))
+        """Send this client's adapters (at the rank trained) back for aggregation; with a delta
+        format, their change since the round's download instead."""
+        meta: dict[str, Any] = {"samples": len(self.data)}
+        if self.adapter_format in DELTA_FORMATS:
+            changes = {n: t.detach() - self.reference[n] for n, t in self.params.items()}
+            entries = adapter_entries(changes, self.ranks, self.adapter_format, self.feedback)
+            meta["delta"] = True
+        else:
+            entries = adapter_entries(self.params, self.ranks)
+        entries.append(Entry("control", "control", meta))
         return encode_message(entries).data
 
     def state_dict(self) -> dict[str, Any]:
@@ -134,6 +174,9 @@ class Client:
         state: dict[str, Any] = {"cut": self.cut, "batches_taken": self.stream.taken}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
+        if self.adapter_format in DELTA_FORMATS:
+            state["reference"] = dict(self.reference)
+            state["feedback"] = self.feedback.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -151,6 +194,9 @@ class Client:
                 self.total_steps,
             )
             self.optimizer.load_state_dict(state["optimizer"])
+        device = self.model.device
+        self.reference = {n: t.to(device, torch.float32) for n, t in state.get("reference", {}).items()}
+        self.feedback.load_state_dict(state.get("feedback", {}))
 
     def export_state(self, payload: bytes) -> bytes:
         """:meth:`state_dict` as codec bytes, so a checkpoint works wherever the client runs (the

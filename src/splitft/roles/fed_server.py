@@ -19,7 +19,7 @@ from splitft.algorithms.aggregation import Contribution, merge
 from splitft.algorithms.lowrank import canonicalize
 from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
 from splitft.wire import checks
-from splitft.wire.messages import read
+from splitft.wire.messages import add_to, read
 
 
 class FedServer:
@@ -37,10 +37,14 @@ class FedServer:
 
     def contribution(self, payload: bytes, ranks: Mapping[str, int]) -> Contribution:
         """Decode and check one client's upload (ReplyError or CodecError when malformed); its
-        weight is its number of training samples."""
+        weight is its number of training samples. A delta upload is the change since the client's
+        download, added here to the round's start."""
         message = read(payload)
         samples = checks.number(message.get("control"), "samples", integer=True, minimum=1)
-        return Contribution(float(samples), checks.adapters(message, self.layout, ranks), ranks)
+        tensors = checks.adapters(message, self.layout, ranks)
+        if message["control"].get("delta"):
+            tensors = add_to(self._global, tensors)
+        return Contribution(float(samples), tensors, ranks)
 
     def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
         """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the

@@ -17,10 +17,13 @@ import torch
 from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
 from splitft.wire.checks import smashed
 from splitft.wire.codec import Entry, encode_message
+from splitft.wire.feedback import ErrorFeedback
+from splitft.wire.quantize import decode_value
 
 
 @dataclass
@@ -50,6 +53,8 @@ class MainServer:
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
         self.copies: dict[int, _ServerCopy] = {}
         self.vocab_size = model.model.get_output_embeddings().weight.shape[0]
+        self.feedback = ErrorFeedback()
+        """Gradients at the cut in a lossy format: each client's residual not yet sent."""
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
         """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
@@ -115,7 +120,7 @@ class MainServer:
         with torch.no_grad():
             logits = self.model.server_forward(
                 copy.cut,
-                message["hidden"].to(device, torch.float32),
+                decode_value(message["hidden"]).to(device, torch.float32),
                 message["attention_mask"].to(device),
                 global_part,
             )
@@ -127,17 +132,19 @@ class MainServer:
         copy = self.copies[client_id]
         message = smashed(payload, self.model.embed_dim, self.vocab_size)  # ReplyError: drop the client
         device = self.model.device
-        hidden = message["hidden"].to(device, torch.float32).requires_grad_(True)
+        # The server computes on exactly what it decoded.
+        hidden = decode_value(message["hidden"]).to(device, torch.float32).requires_grad_(True)
         mask = message["attention_mask"].to(device, torch.long)
         labels = message["labels"].to(device, torch.long)
         logits = self.model.server_forward(copy.cut, hidden, mask, self._params_for(copy))
         loss_sum, tokens, correct = token_stats(logits, labels)
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)
-        dtype = self.cfg.codec.gradient_dtype
+        spec = client_format(self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype)
+        value, dtype = self.feedback.encode(str(client_id), hidden.grad.cpu(), spec)
         grad = encode_message(
             [
-                Entry("grad", "gradients", hidden.grad.cpu(), wire_dtype=dtype, scaled=dtype == "fp16"),
+                Entry("grad", "gradients", value, wire_dtype=dtype, scaled=dtype == "fp16"),
                 Entry("control", "control", {"step": global_step}),
             ]
         ).data
@@ -157,10 +164,12 @@ class MainServer:
         return {
             "copies": {
                 str(i): {"cut": c.cut, "optimizer": c.optimizer.state_dict()} for i, c in self.copies.items()
-            }
+            },
+            "feedback": self.feedback.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.copies = {}
+        self.feedback.load_state_dict(state.get("feedback", {}))
         for key, saved in state["copies"].items():
             self._copy_for(int(key), int(saved["cut"])).optimizer.load_state_dict(saved["optimizer"])

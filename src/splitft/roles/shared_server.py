@@ -73,14 +73,16 @@ class SharedMainServer(MainServer):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The shared set with its AdamW moments, and each client's cut."""
+        """The shared set with its AdamW moments, each client's cut, and the gradients' error feedback."""
         return {
             "shared": self.optimizer.state_dict(),
             "cuts": {str(i): c.cut for i, c in self.copies.items()},
+            "feedback": self.feedback.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["shared"])
+        self.feedback.load_state_dict(state["feedback"])
         self.copies = {}
         for key, cut in state["cuts"].items():
             self._copy_for(int(key), int(cut))

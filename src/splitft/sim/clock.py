@@ -42,7 +42,14 @@ from dataclasses import asdict, dataclass, field
 
 from splitft.config import CLOCK_ORDERS as ORDERS
 from splitft.errors import ConfigError
-from splitft.sim.costs import FLOAT_BYTES, ModelShape, Projections, StepCosts, heldout_flops
+from splitft.sim.costs import (
+    ADAPTER_BYTES_PER_PARAM,
+    FLOAT_BYTES,
+    ModelShape,
+    Projections,
+    StepCosts,
+    heldout_flops,
+)
 from splitft.sim.devices import DeviceProfile
 
 
@@ -79,9 +86,11 @@ class ClientWork:
         steps: int = 1,
         eval_flops: float = 0.0,
         eval_client_flops: float = 0.0,
+        adapter_bytes_per_param: float = FLOAT_BYTES,
     ) -> ClientWork:
-        """Predicted work; adapters travel at the rank trained, in fp32, both ways."""
-        adapter_bytes = costs.client_lora_params * FLOAT_BYTES
+        """Predicted work; adapters travel at the rank trained, both ways, at
+        ``adapter_bytes_per_param`` (fp32 unless codec.adapters compresses them)."""
+        adapter_bytes = costs.client_lora_params * adapter_bytes_per_param
         return cls(
             device,
             costs.client_forward_flops,
@@ -274,16 +283,30 @@ def predict_round(
     adapted_per_block: Projections | None = None,
     server_r_cut: int | None = None,
     in_order: bool = False,
+    formats: Sequence[tuple[str, str | None, str]] | None = None,
 ) -> RoundTiming:
     """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``
-    (and, with ``heldout_samples``, then scores that many held-out sequences, split at its cut)."""
+    (and, with ``heldout_samples``, then scores that many held-out sequences, split at its cut).
+    ``formats[i]``: client ``i``'s (activation, gradient or None = the same, adapter) formats;
+    None: ``wire_dtype`` for both cut tensors and fp32 adapters."""
     if len(profiles) != len(cuts):
         raise ConfigError(f"{len(profiles)} device profiles but {len(cuts)} cuts")
     works = []
-    for device, cut in zip(profiles, cuts, strict=True):
+    for i, (device, cut) in enumerate(zip(profiles, cuts, strict=True)):
+        activations, gradients, adapters = formats[i] if formats else (wire_dtype, None, "fp32")
         costs = StepCosts.for_cut(
-            shape, cut, batch, seq_len, r_others, r_cut, adapted_per_block, wire_dtype, server_r_cut
+            shape,
+            cut,
+            batch,
+            seq_len,
+            r_others,
+            r_cut,
+            adapted_per_block,
+            activations,
+            server_r_cut,
+            gradients,
         )
         on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut)
-        works.append(ClientWork.from_costs(device, costs, steps, on_server, on_client))
+        per_param = ADAPTER_BYTES_PER_PARAM[adapters]
+        works.append(ClientWork.from_costs(device, costs, steps, on_server, on_client, per_param))
     return simulate_round(server, works, order, in_order)

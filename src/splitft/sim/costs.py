@@ -37,11 +37,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitft.config import WIRE_DTYPES
+from splitft.config_codec import ADAPTER_FORMATS
 from splitft.errors import ConfigError, ModelError
 from splitft.sim.devices import DeviceProfile
+from splitft.wire.quantize import GROUP, wire_size
 
 FLOAT_BYTES = 4
 WIRE_ITEMSIZE = dict(zip(WIRE_DTYPES, (4, 2, 2), strict=True))
+ADAPTER_BYTES_PER_PARAM = dict(
+    zip(
+        ADAPTER_FORMATS,
+        (
+            FLOAT_BYTES,
+            FLOAT_BYTES,
+            1 + FLOAT_BYTES / GROUP,
+            0.5 + FLOAT_BYTES / GROUP,
+            0.25 + FLOAT_BYTES / GROUP,
+        ),
+        strict=True,
+    )
+)
+"""Predicted adapter bytes per parameter of each codec.adapters format (int8: at most one
+fp32 scale per 64 values)."""
 LABEL_BYTES_PER_TOKEN = 5
 """Labels travel as int32 and the attention mask as uint8 (``client.forward_step``)."""
 ADAMW_FLOPS_PER_PARAM = 12
@@ -232,6 +249,14 @@ def wire_itemsize(dtype: str) -> int:
     return WIRE_ITEMSIZE[dtype]
 
 
+def cut_bytes(spec: str, batch: int, seq_len: int, hidden: int) -> int:
+    """Predicted bytes of one tensor at the cut in format ``spec``: the data alone for the
+    casting formats (fp32, fp16, bf16), the whole packed payload for int and top-k formats."""
+    if spec in WIRE_ITEMSIZE:
+        return batch * seq_len * hidden * wire_itemsize(spec)
+    return wire_size(spec, (batch, seq_len, hidden))
+
+
 @dataclass(frozen=True)
 class StepCosts:
     """Predicted FLOPs and bytes of one split step for one client at one cut."""
@@ -256,20 +281,24 @@ class StepCosts:
         adapted_per_block: Projections | None = None,
         wire_dtype: str = "fp32",
         server_r_cut: int | None = None,
+        gradient_format: str | None = None,
     ) -> StepCosts:
+        """``wire_dtype``: the format of activations (config.CUT_FORMATS); ``gradient_format``
+        that of gradients (None: the same)."""
         adapted = adapted_per_block or shape.adapted_projections()
         ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut, server_r_cut)
         tokens = batch * seq_len
         client_fwd, client_bwd = _blocks_flops(shape, tokens, seq_len, ranks[:cut], adapted)
         server_fwd, server_bwd = _blocks_flops(shape, tokens, seq_len, ranks[cut:], adapted)
-        activations = tokens * shape.hidden * wire_itemsize(wire_dtype)
+        activations = cut_bytes(wire_dtype, batch, seq_len, shape.hidden)
+        gradients = cut_bytes(gradient_format or wire_dtype, batch, seq_len, shape.hidden)
         return cls(
             cut=cut,
             client_forward_flops=embed_flops(shape, tokens) + client_fwd,
             client_backward_flops=client_bwd,
             server_flops=server_fwd + server_bwd + head_flops(shape, tokens),
             up_bytes=activations + tokens * LABEL_BYTES_PER_TOKEN,
-            down_bytes=activations,
+            down_bytes=gradients,
             client_lora_params=client_lora_params(shape, cut, r_others, r_cut, adapted),
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
 from splitft.sim.costs import (
     ModelShape,
@@ -72,6 +73,21 @@ class RoundTimer:
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
 
+    @property
+    def formats(self) -> list[tuple[str, str | None, str]]:
+        """Each client's (activation, gradient, adapter) wire formats, as the codec will send
+        them (gradients None = as activations: configs without codec lists predict as before)."""
+        codec = self.cfg.codec
+        legacy = not codec.activations and not codec.gradients
+        return [
+            (
+                client_format(codec.activations, i, codec.activation_dtype),
+                None if legacy else client_format(codec.gradients, i, codec.gradient_dtype),
+                client_format(codec.adapters, i, "fp32"),
+            )
+            for i in range(self.cfg.federation.num_clients)
+        ]
+
     def predict(self, cuts: Sequence[int]) -> RoundTiming:
         """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
         cfg = self.cfg
@@ -90,6 +106,7 @@ class RoundTimer:
             order=cfg.devices.order,
             heldout_samples=self.heldout_samples,
             in_order=self.in_order,
+            formats=self.formats,
         )
 
     def actual(

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import torch
 
 from splitft.data.tokenize import IGNORE_INDEX
-from splitft.errors import ReplyError
+from splitft.errors import NON_FINITE, ReplyError
 from splitft.model.lora import AdapterLayout, Adapters, is_a
 from splitft.wire.calls import guarded  # noqa: F401 - re-exported: checks are read through it
 from splitft.wire.codec import decode_message
 from splitft.wire.messages import read_adapters
+from splitft.wire.quantize import decode_value
 
 T = TypeVar("T")
-NON_FINITE = "holds NaN or infinite values"
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INTEGERS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -42,6 +42,8 @@ def tensor(
     value = message.get(name)
     if not isinstance(value, torch.Tensor):
         raise ReplyError(f"entry {name!r} is missing or not a tensor")
+    if value.dtype == torch.uint8 and torch.uint8 not in dtypes:
+        value = decode_value(value)  # a packed (quantised) payload stands for floats
     if value.dtype not in dtypes:
         raise ReplyError(f"entry {name!r} has dtype {value.dtype}; allowed: {', '.join(map(str, dtypes))}")
     if value.dim() != len(shape) or any(
