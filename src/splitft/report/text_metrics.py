@@ -24,7 +24,7 @@ import sacrebleu
 from nltk.translate.nist_score import corpus_nist
 from rouge_score import rouge_scorer
 
-from splitft.config import GENERATION_METRICS
+from splitft.choices import GENERATION_METRICS
 from splitft.errors import ConfigError
 
 References = Sequence[Sequence[str]]

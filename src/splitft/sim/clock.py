@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from splitft.config import CLOCK_ORDERS as ORDERS
+from splitft.choices import CLOCK_ORDERS as ORDERS
 from splitft.errors import ConfigError
 from splitft.sim.costs import (
     ADAPTER_BYTES_PER_PARAM,

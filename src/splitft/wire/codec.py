@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from splitft.config import WIRE_DTYPES as WIRE_DTYPE_NAMES
+from splitft.config_codec import WIRE_DTYPES as WIRE_DTYPE_NAMES
 from splitft.errors import CodecError
 
 KINDS = ("activations", "gradients", "labels", "adapters", "control")

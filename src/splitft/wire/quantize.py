@@ -35,8 +35,7 @@ import struct
 
 import torch
 
-from splitft.config import WIRE_DTYPES
-from splitft.config_codec import topk_fraction
+from splitft.config_codec import WIRE_DTYPES, topk_fraction
 from splitft.errors import NON_FINITE, CodecError
 from splitft.wire.codec import WIRE_DTYPES as CAST_DTYPES
 from splitft.wire.codec import tensor_header_size
