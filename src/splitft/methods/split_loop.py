@@ -262,7 +262,7 @@ class SplitRoundLoop:
 
     def _read(self, round_number: int, i: int, method: str, dropped: list[dict], use: Any, *args: Any) -> Any:
         """``use(*args)`` on client ``i``'s reply to ``method``; None (and ``i`` dropped) when malformed."""
-        return guarded(self.dropped, dropped, round_number, i, method, lambda: use(*args))
+        return guarded(self.dropped, dropped, round_number, i, method, use, *args)
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]
@@ -283,9 +283,7 @@ class SplitRoundLoop:
                 continue  # never called again, and its process may be gone
             result = self.runtime.call(client_role(i), "export_state", control())
             if isinstance(result, bytes):
-                state = guarded(
-                    self.dropped, self.late_drops, last, i, "export_state", lambda r=result: read_state(r)
-                )
+                state = guarded(self.dropped, self.late_drops, last, i, "export_state", read_state, result)
                 if state is not None:
                     clients[str(i)] = state
             else:

@@ -30,12 +30,18 @@ INTEGERS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def guarded(
-    dropped: set[int], drops: list[dict], round_number: int, client_id: int, method: str, use: Callable[[], T]
+    dropped: set[int],
+    drops: list[dict],
+    round_number: int,
+    client_id: int,
+    method: str,
+    use: Callable[..., T],
+    *args: Any,
 ) -> T | None:
-    """``use()`` (which reads a client's reply), or None when the reply is malformed: the client
-    is then dropped for the rest of the job, like a failed call, with the reason."""
+    """``use(*args)`` (which reads a client's reply), or None when the reply is malformed: the
+    client is then dropped for the rest of the job, like a failed call, with the reason."""
     try:
-        return use()
+        return use(*args)
     except (CodecError, ReplyError) as err:
         drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
         return None
@@ -99,9 +105,12 @@ def smashed(
 
 
 def adapters(message: Mapping[str, Any], layout: AdapterLayout, ranks: Mapping[str, int]) -> Adapters:
-    """The adapter tensors of an upload: exactly the tensors of ``ranks``, each cut to its rank
-    (rows of A, columns of B), finite; padded back to full shape."""
+    """The adapter tensors of an upload: exactly the tensors of ``ranks`` (empty: any of the
+    layout, at full rank), each cut to its rank (rows of A, columns of B), finite; padded back
+    to full shape."""
     sent = {name for name, value in message.items() if isinstance(value, torch.Tensor)}
+    if not ranks:  # none named: any tensors of the layout, at full rank
+        ranks = {name: layout.rank for name in sent if name in layout.shapes}
     if sent != set(ranks):
         extra, missing = sorted(sent - set(ranks)), sorted(set(ranks) - sent)
         raise ReplyError(
