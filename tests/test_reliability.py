@@ -283,3 +283,20 @@ def test_divergence_error_is_raised_before_the_step(split_exp):
     with pytest.raises(DivergenceError, match="gradient norm is (nan|inf) at step 3"):
         optimizer.step(3)
     assert all(torch.equal(before[n], params[n]) for n in names)
+
+
+def test_a_folder_that_refuses_failed_still_reports_the_original_error(tmp_path, monkeypatch):
+    """A run folder made read-only mid-run: FAILED cannot be written, and the error the user
+    sees is the one that stopped the run, not the one of writing FAILED."""
+    from splitft.recipes import train as recipe
+
+    def refuse(path, text):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr("splitft.report.rundir.write_atomic", refuse)
+    with (
+        pytest.raises(RuntimeError, match="the original fault"),
+        recipe._failure_marker(RunDirectory(tmp_path)),
+    ):
+        raise RuntimeError("the original fault")
+    assert not (tmp_path / "FAILED").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
 from splitft.errors import ConfigError, DivergenceError, ReplyError, SplitFTError
@@ -77,13 +78,17 @@ class FedLoraLoop:
                 continue
             if (upload := self._call(round_number, i, "end_round", control(), dropped)) is None:
                 continue
-            read_both = lambda r=result, u=upload: (  # noqa: E731 - one use, here
-                _train_stats(r, steps),
-                self.fed_server.contribution(u, full_ranks(self.layout)),
+            both = guarded(
+                self.clients.dropped,
+                dropped,
+                round_number,
+                i,
+                "end_round",
+                self._read_replies,
+                result,
+                upload,
             )
-            if (
-                both := guarded(self.clients.dropped, dropped, round_number, i, "end_round", read_both)
-            ) is None:
+            if both is None:
                 continue
             (client_loss, client_tokens, shapes[i]), contribution = both
             loss_sum, tokens = loss_sum + client_loss, tokens + client_tokens
@@ -110,6 +115,11 @@ class FedLoraLoop:
             samples=sum(b for s in shapes.values() for b, _ in s),
             truncation_error=truncation,
         )
+
+    def _read_replies(self, result: bytes, upload: bytes) -> tuple[tuple[float, int, list], Contribution]:
+        """A trainer's ``train`` stats and its upload, checked (ReplyError or CodecError)."""
+        stats = _train_stats(result, self.cfg.federation.local_steps)
+        return stats, self.fed_server.contribution(upload, full_ranks(self.layout))
 
     def _why_none(self, dropped: list[dict]) -> str:
         failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped)

@@ -296,7 +296,7 @@ class SplitRoundLoop:
 
     def _read(self, round_number: int, i: int, method: str, dropped: list[dict], use: Any, *args: Any) -> Any:
         """``use(*args)`` on client ``i``'s reply to ``method``; None (and ``i`` dropped) when malformed."""
-        return guarded(self.clients.dropped, dropped, round_number, i, method, lambda: use(*args))
+        return guarded(self.clients.dropped, dropped, round_number, i, method, use, *args)
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]

@@ -58,12 +58,18 @@ def counted_call(
 
 
 def guarded(
-    dropped: set[int], drops: list[dict], round_number: int, client_id: int, method: str, use: Callable[[], T]
+    dropped: set[int],
+    drops: list[dict],
+    round_number: int,
+    client_id: int,
+    method: str,
+    use: Callable[..., T],
+    *args: Any,
 ) -> T | None:
-    """``use()`` (which reads a client's reply), or None when the reply is malformed: the client
-    is then dropped for the rest of the job, like a failed call, with the reason."""
+    """``use(*args)`` (which reads a client's reply), or None when the reply is malformed: the
+    client is then dropped for the rest of the job, like a failed call, with the reason."""
     try:
-        return use()
+        return use(*args)
     except (CodecError, ReplyError) as err:
         drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
         return None

@@ -89,9 +89,12 @@ def smashed(
 
 
 def adapters(message: Mapping[str, Any], layout: AdapterLayout, ranks: Mapping[str, int]) -> Adapters:
-    """The adapter tensors of an upload: exactly the tensors of ``ranks``, each cut to its rank
-    (rows of A, columns of B), finite; padded back to full shape."""
+    """The adapter tensors of an upload: exactly the tensors of ``ranks`` (empty: any of the
+    layout, at full rank), each cut to its rank (rows of A, columns of B), finite; padded back
+    to full shape."""
     sent = {name for name, value in message.items() if isinstance(value, torch.Tensor)}
+    if not ranks:  # none named: any tensors of the layout, at full rank
+        ranks = {name: layout.rank for name in sent if name in layout.shapes}
     if sent != set(ranks):
         extra, missing = sorted(sent - set(ranks)), sorted(set(ranks) - sent)
         raise ReplyError(
