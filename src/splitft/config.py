@@ -36,6 +36,8 @@ CLOCK_ORDERS = ("parallel", "sequential")
 CUT_RANK_SIDES = ("none", "client", "both")
 DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
 """Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
+"""Precisions the frozen base model can be held and run in (fp16 on CUDA only)."""
 SERVER_LOADS = ("idle", "busy")
 """Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
 
@@ -256,6 +258,14 @@ class Config:
     """Torch CPU threads (0 = torch's default)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+    compute_dtype: str = "fp32"
+    """Precision the frozen base model is held and run in: 'fp32', 'bf16' (half the base's
+    memory; about 2x faster matrix products on CPUs with bf16 units and on GPUs) or 'fp16'
+    (CUDA only). LoRA weights, their optimizer state and the loss stay fp32 in every case."""
+    loss_chunk: int = 0
+    """Tokens per chunk of the LM head's loss: the vocabulary-wide logits are made, scored and
+    freed one chunk at a time, and their gradient is formed on the spot, so a step never holds
+    the logits of the whole batch (0 = the whole batch at once, as before)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -326,7 +336,7 @@ _MINIMUM = {
     "federation.num_clients": 1, "federation.rounds": 1, "federation.local_steps": 1,
     "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
-    "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
+    "eval.batch_size": 1, "threads": 0, "loss_chunk": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
     "policy.slack": 0, "call_timeout_s": 0, "seed": 0,
 }
 # fmt: on
@@ -342,7 +352,7 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
-               "lora.cut_rank_sides": CUT_RANK_SIDES}
+               "lora.cut_rank_sides": CUT_RANK_SIDES, "compute_dtype": COMPUTE_DTYPES}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
@@ -360,6 +370,11 @@ def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
+        (
+            "compute_dtype",
+            lambda v: v != "fp16" or cfg.device != "cpu",
+            "'fp16' needs a CUDA device (device = 'cpu'); on a CPU use 'bf16' or 'fp32'",
+        ),
         *_method_rules(cfg),
     ]
 

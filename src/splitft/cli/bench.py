@@ -44,7 +44,7 @@ from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError
 from splitft.model.loading import load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, initial_adapters
-from splitft.model.split import SplitModel, token_stats
+from splitft.model.split import SplitModel
 from splitft.roles.client import Client
 from splitft.roles.main_server import MainServer
 from splitft.wire import codec
@@ -111,8 +111,9 @@ class StepBench:
 
         def step(i: int) -> None:
             batch = collate(items, self.pad_id)  # the client collates in its step too
-            logits = self.model.full_forward(batch["input_ids"], batch["attention_mask"], params)
-            nll, tokens, _ = token_stats(logits, batch["labels"])
+            nll, tokens, _ = self.model.full_stats(
+                batch["input_ids"], batch["attention_mask"], batch["labels"], params
+            )
             (nll / tokens).backward()
             optimizer.step(i)
 

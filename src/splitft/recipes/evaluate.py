@@ -22,7 +22,8 @@ from splitft.data.prepare import prepare_data
 from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError
 from splitft.model.loading import load_model, load_tokenizer
-from splitft.model.split import SplitModel, token_stats
+from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.split import SplitModel
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ def evaluate(
     for start in range(0, n, batch_size):
         batch = collate([data[i] for i in order[start : start + batch_size]], pad_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model.full_forward(batch["input_ids"], batch["attention_mask"], adapters)
-        s, t, c = token_stats(logits, batch["labels"])
+        s, t, c = model.full_stats(batch["input_ids"], batch["attention_mask"], batch["labels"], adapters)
         loss_sum, tokens, correct = loss_sum + float(s), tokens + t, correct + c
     return EvalResult.from_sums(loss_sum, tokens, correct)
 
@@ -91,9 +91,11 @@ def evaluate_adapter(
         facts["model"], vocab_size=len(tokenizer), seed=facts["seed"], keep_layers=facts["keep_layers"]
     )
     model = PeftModel.from_pretrained(base, str(folder))
+    # The run's precision and loss (evaluation runs on the CPU, where fp16 is refused).
+    cast_frozen_base(model.base_model.model, resolve_compute_dtype(cfg.compute_dtype, torch.device("cpu")))
     dataset = prepared.test if split == "test" else prepared.validation
     result = evaluate(
-        SplitModel(model.base_model.model),
+        SplitModel(model.base_model.model, loss_chunk=cfg.loss_chunk),
         None,
         dataset,
         pad_id_of(tokenizer),
