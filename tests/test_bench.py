@@ -65,3 +65,39 @@ def test_memory_probes_report_a_peak(results: dict) -> None:
     assert all(run["maxrss_mb"] > 0 and run["setup_s"] > 0 and run["round_s"] > 0 for run in mem["runs"])
     assert mem["adapter_params_per_client"] > 0
     assert mem["state_per_client_mb"] == pytest.approx(mem["adapter_params_per_client"] * 12 / 1e6)
+
+
+def test_every_kind_of_step_in_both_precisions(results: dict) -> None:
+    precisions = results["precisions"]
+    assert set(precisions) == {"fp32", "bf16"}
+    assert (precisions["fp32"]["compute_dtype"], precisions["fp32"]["loss_chunk"]) == ("fp32", 0)
+    assert precisions["bf16"]["compute_dtype"] == "bf16" and precisions["bf16"]["loss_chunk"] > 0
+    for p in precisions.values():
+        assert p["matmul_peak_flops"] > 0
+        for kind in ("peft", "unsplit", "split"):
+            step = p[kind]
+            assert len(step["s"]) == 2 and all(t > 0 for t in step["s"])
+            assert step["tokens_per_s"] == pytest.approx(2 * 32 / step["median_s"])
+            assert step["share_of_peak"] == pytest.approx(
+                step["flops"] / step["median_s"] / p["matmul_peak_flops"]
+            )
+            assert 0 < step["share_of_peak"] < 1.5  # a step cannot beat the measured peak by much
+        assert p["split_vs_unsplit"] == pytest.approx(p["split"]["median_s"] / p["unsplit"]["median_s"])
+    # The split step does the same arithmetic as the unsplit one, minus the cut's rank reduction.
+    assert precisions["fp32"]["split"]["flops"] <= precisions["fp32"]["unsplit"]["flops"]
+    assert precisions["fp32"]["peft"]["flops"] == precisions["fp32"]["unsplit"]["flops"]
+    speedup = results["speedup_vs_fp32"]["bf16"]
+    for kind in ("peft", "unsplit", "split"):
+        fp32, bf16 = precisions["fp32"][kind]["median_s"], precisions["bf16"][kind]["median_s"]
+        assert speedup[kind] == pytest.approx(fp32 / bf16)
+    # The fp32 view is today's: the same times as the fp32 precision's unsplit and split steps.
+    assert results["step"]["unsplit_s"] == precisions["fp32"]["unsplit"]["s"]
+
+
+def test_memory_probes_run_in_the_fast_mode_too(results: dict) -> None:
+    fast = results["memory_fast"]
+    assert fast["compute_dtype"] == "bf16" and results["memory"]["compute_dtype"] == "fp32"
+    assert [run["clients"] for run in fast["runs"]] == [4, 8]
+    assert all(run["maxrss_mb"] > 0 and run["round_s"] > 0 for run in fast["runs"])
+    # Same adapters in every precision: fp32 LoRA and AdamW state.
+    assert fast["state_per_client_mb"] == results["memory"]["state_per_client_mb"]

@@ -68,7 +68,7 @@ def machine() -> dict[str, Any]:
 
 def time_steps(benches: dict[str, StepBench], repeats: int, peak_n: int) -> dict[str, Any]:
     """Every kind of step in every precision (``precisions``), and today's fp32 view (``step``)."""
-    times, pending = time_precisions(benches, repeats)
+    times, pending, gpu_peak = time_precisions(benches, repeats)
     first = next(iter(benches.values()))
     tokens = sum(len(ids) for ids in first.data.input_ids)
     peaks = {
@@ -79,6 +79,7 @@ def time_steps(benches: dict[str, StepBench], repeats: int, peak_n: int) -> dict
             "compute_dtype": b.cfg.compute_dtype,
             "loss_chunk": b.cfg.loss_chunk,
             "matmul_peak_flops": peaks[name],
+            "gpu_peak_mb": {kind: b / MB for kind, b in gpu_peak[name].items()},
             **summarise(times[name], tokens, b.flops, peaks[name]),
         }
         for name, b in benches.items()
@@ -239,11 +240,12 @@ def _precision_lines(r: dict[str, Any]) -> list[str]:
             f"{p[kind]['median_s']:.3f}",
             f"{p[kind]['tokens_per_s']:.0f}",
             f"{p[kind]['share_of_peak']:.1%}",
+            f"{p['gpu_peak_mb'][kind]:.0f}" if p["gpu_peak_mb"][kind] else "-",
         ]
         for name, p in r["precisions"].items()
         for kind in KINDS
     ]
-    lines = [*_table(["step", "median s", "tokens/s", "of peak"], rows)]
+    lines = [*_table(["step", "median s", "tokens/s", "of peak", "GPU peak MB"], rows)]
     for name, p in r["precisions"].items():
         lines.append(
             f"{name} (compute {p['compute_dtype']}, loss_chunk {p['loss_chunk']}): matmul peak "

@@ -180,20 +180,35 @@ class StepBench:
         return step, probe
 
 
+def _gpu_peak(device: torch.device, warm_up: Callable[[], object]) -> int:
+    """Peak GPU memory (bytes) allocated while ``warm_up`` runs (0 on a CPU: the probes measure RSS)."""
+    if device.type != "cuda":
+        warm_up()
+        return 0
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    warm_up()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
 def time_precisions(
     benches: dict[str, StepBench], repeats: int
-) -> tuple[dict[str, dict[str, list[float]]], int]:
-    """Step times per precision and kind, interleaved after one warm-up of each; and the client's
-    pending-graph bytes of the first precision's split step (its warm-up)."""
+) -> tuple[dict[str, dict[str, list[float]]], int, dict[str, dict[str, int]]]:
+    """Step times per precision and kind, interleaved after one warm-up of each; the client's
+    pending-graph bytes of the first precision's split step (its warm-up); and, on a GPU, the peak
+    memory of each warm-up."""
     steps: dict[str, dict[str, Callable[[int], None]]] = {}
-    pending = 0
-    for i, (dtype, bench) in enumerate(benches.items()):
+    pending: list[int] = []
+    gpu_peak: dict[str, dict[str, int]] = {}
+    for dtype, bench in benches.items():
         split, probe = bench.split_step()
         steps[dtype] = {"peft": bench.peft_step(), "unsplit": bench.unsplit_step(), "split": split}
-        steps[dtype]["peft"](0)
-        steps[dtype]["unsplit"](0)
-        probed = probe()  # also the split warm-up
-        pending = probed if i == 0 else pending
+        gpu_peak[dtype] = {
+            "peft": _gpu_peak(bench.device, lambda s=steps[dtype]: s["peft"](0)),
+            "unsplit": _gpu_peak(bench.device, lambda s=steps[dtype]: s["unsplit"](0)),
+            "split": _gpu_peak(bench.device, lambda p=probe: pending.append(p())),  # the split warm-up
+        }
     times = {dtype: {kind: [] for kind in KINDS} for dtype in benches}
     for r in tqdm(range(1, repeats + 1), desc="steps (every kind and precision)", unit="repeat"):
         for dtype, kinds in steps.items():
@@ -202,7 +217,7 @@ def time_precisions(
                 fn(r)
                 sync(benches[dtype].device)
                 times[dtype][kind].append(time.perf_counter() - start)
-    return times, pending
+    return times, pending[0], gpu_peak
 
 
 def summarise(
