@@ -259,13 +259,11 @@ class Config:
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
     compute_dtype: str = "fp32"
-    """Precision the frozen base model is held and run in: 'fp32', 'bf16' (half the base's
-    memory; about 2x faster matrix products on CPUs with bf16 units and on GPUs) or 'fp16'
-    (CUDA only). LoRA weights, their optimizer state and the loss stay fp32 in every case."""
+    """Precision of the frozen base model: 'fp32', 'bf16' (half its memory, faster on bf16
+    hardware) or 'fp16' (CUDA only). LoRA, its optimizer state and the loss stay fp32."""
     loss_chunk: int = 0
-    """Tokens per chunk of the LM head's loss: the vocabulary-wide logits are made, scored and
-    freed one chunk at a time, and their gradient is formed on the spot, so a step never holds
-    the logits of the whole batch (0 = the whole batch at once, as before)."""
+    """Tokens per chunk of the LM head's loss: the vocabulary-wide logits exist one chunk at a
+    time, never for the whole batch (0 = whole batch at once, as before)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
