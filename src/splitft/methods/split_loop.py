@@ -183,17 +183,16 @@ class SplitRoundLoop:
     ) -> tuple[list[int], float]:
         """Clients upload their adapters; the fed server merges both sides' changes. Returns
         the clients that contributed and the merge's truncation error."""
-        client_side = {}
+        weights = {}  # uploads are folded in as they arrive: one held at a time (memory per client)
         for i in clients:
             if (payload := self._call(round_number, i, "end_round", control(), dropped)) is not None:
                 ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.client_cut_rank)
-                client_side[i] = self.fed_server.contribution(payload, ranks)
-        server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
-        truncation = self.fed_server.merge(list(client_side.values()), server_side)
-        if not client_side:
+                weights[i] = self.fed_server.receive(payload, ranks)
+        truncation = self.fed_server.merge(server_side=self.main_server.contributions(weights))
+        if not weights:
             failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
             raise SplitFTError(f"round {round_number}: every client failed ({failures})")
-        return sorted(client_side), truncation
+        return sorted(weights), truncation
 
     def _begin(
         self,
