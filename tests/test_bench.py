@@ -90,6 +90,16 @@ def test_every_kind_of_step_in_both_precisions(results: dict) -> None:
     for kind in ("peft", "unsplit", "split"):
         fp32, bf16 = precisions["fp32"][kind]["median_s"], precisions["bf16"][kind]["median_s"]
         assert speedup[kind] == pytest.approx(fp32 / bf16)
+    # The same again on this process's CPU time, for a machine shared with other jobs.
+    for name, p in precisions.items():
+        cpu = p["cpu"]
+        assert cpu["matmul_peak_flops"] > 0
+        for kind in ("peft", "unsplit", "split"):
+            assert len(cpu[kind]["s"]) == 2 and all(t > 0 for t in cpu[kind]["s"])
+            assert cpu[kind]["tokens_per_s"] == pytest.approx(2 * 32 / cpu[kind]["median_s"])
+        assert results["speedup_vs_fp32_cpu"]["bf16"]["split"] == pytest.approx(
+            precisions["fp32"]["cpu"]["split"]["median_s"] / precisions["bf16"]["cpu"]["split"]["median_s"]
+        )
     # The fp32 view is today's: the same times as the fp32 precision's unsplit and split steps.
     assert results["step"]["unsplit_s"] == precisions["fp32"]["unsplit"]["s"]
 

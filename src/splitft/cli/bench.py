@@ -71,25 +71,32 @@ def time_steps(benches: dict[str, StepBench], repeats: int, peak_n: int) -> dict
     times, pending, gpu_peak = time_precisions(benches, repeats)
     first = next(iter(benches.values()))
     tokens = sum(len(ids) for ids in first.data.input_ids)
-    peaks = {
-        name: matmul_peak(TORCH_DTYPES[b.cfg.compute_dtype], peak_n, b.device) for name, b in benches.items()
-    }
-    precisions = {
-        name: {
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    precisions = {}
+    for name, b in benches.items():
+        dtype = TORCH_DTYPES[b.cfg.compute_dtype]
+        peaks = {c: matmul_peak(dtype, peak_n, b.device, clock=clock) for c, clock in clocks.items()}
+        precisions[name] = {
             "compute_dtype": b.cfg.compute_dtype,
             "loss_chunk": b.cfg.loss_chunk,
-            "matmul_peak_flops": peaks[name],
-            "gpu_peak_mb": {kind: b / MB for kind, b in gpu_peak[name].items()},
-            **summarise(times[name], tokens, b.flops, peaks[name]),
+            "matmul_peak_flops": peaks["wall"],
+            "gpu_peak_mb": {kind: x / MB for kind, x in gpu_peak[name].items()},
+            **summarise(times["wall"][name], tokens, b.flops, peaks["wall"]),
+            # The same on this process's CPU time (see time_precisions), with the peak on that clock.
+            "cpu": {
+                "matmul_peak_flops": peaks["cpu"],
+                **summarise(times["cpu"][name], tokens, b.flops, peaks["cpu"]),
+            },
         }
-        for name, b in benches.items()
-    }
     base, *others = benches
-    speedup = {
-        name: {k: statistics.median(times[base][k]) / statistics.median(times[name][k]) for k in KINDS}
-        for name in others
+    speedups = {
+        f"speedup_vs_{base}{suffix}": {
+            name: {k: statistics.median(t[base][k]) / statistics.median(t[name][k]) for k in KINDS}
+            for name in others
+        }
+        for suffix, t in (("", times["wall"]), ("_cpu", times["cpu"]))
     }
-    ts = times[base]
+    ts = times["wall"][base]
     med = {k: statistics.median(ts[k]) for k in ("unsplit", "split")}
     hidden = torch.randn(len(first.data), len(first.data.input_ids[0]), first.dim)
     step = {
@@ -108,7 +115,7 @@ def time_steps(benches: dict[str, StepBench], repeats: int, peak_n: int) -> dict
         "codec_fp32_s": statistics.median(timeit.repeat(lambda: _round_trips(hidden), number=1, repeat=5)),
         "pending_graph_mb": pending / MB,
     }
-    return {"step": step, "precisions": precisions, f"speedup_vs_{base}": speedup}
+    return {"step": step, "precisions": precisions, **speedups}
 
 
 # -- 2. bytes at the cut -----------------------------------------------------------------------
@@ -240,18 +247,23 @@ def _precision_lines(r: dict[str, Any]) -> list[str]:
             f"{p[kind]['median_s']:.3f}",
             f"{p[kind]['tokens_per_s']:.0f}",
             f"{p[kind]['share_of_peak']:.1%}",
+            f"{p['cpu'][kind]['median_s']:.3f}",
+            f"{p['cpu'][kind]['tokens_per_s']:.0f}",
+            f"{p['cpu'][kind]['share_of_peak']:.1%}",
             f"{p['gpu_peak_mb'][kind]:.0f}" if p["gpu_peak_mb"][kind] else "-",
         ]
         for name, p in r["precisions"].items()
         for kind in KINDS
     ]
-    lines = [*_table(["step", "median s", "tokens/s", "of peak", "GPU peak MB"], rows)]
+    header = ["step", "wall s", "tokens/s", "of peak", "CPU s", "tokens/CPU s", "of CPU peak", "GPU MB"]
+    lines = [*_table(header, rows)]
     for name, p in r["precisions"].items():
-        lines.append(
-            f"{name} (compute {p['compute_dtype']}, loss_chunk {p['loss_chunk']}): matmul peak "
-            f"{p['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; split/unsplit {p['split_vs_unsplit']:.3f}x "
-            f"(medians), {p['split_vs_unsplit_pair_median']:.3f}x (median of pairs); split/peft {p['split_vs_peft']:.3f}x"
-        )
+        for label, q in (("wall", p), ("CPU", p["cpu"])):
+            lines.append(
+                f"{name} ({label} time; compute {p['compute_dtype']}, loss_chunk {p['loss_chunk']}): matmul peak "
+                f"{q['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; split/unsplit {q['split_vs_unsplit']:.3f}x (medians), "
+                f"{q['split_vs_unsplit_pair_median']:.3f}x (median of pairs); split/peft {q['split_vs_peft']:.3f}x"
+            )
     for key, by_name in ((k, v) for k, v in r.items() if k.startswith("speedup_vs_")):
         for name, by_kind in by_name.items():
             ratios = ", ".join(f"{kind} {x:.2f}x" for kind, x in by_kind.items())

@@ -51,8 +51,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, repeats: int = 10) -> float:
-    """FLOP/s of this machine's best ``n x n`` matrix product in ``dtype`` (best of ``repeats``)."""
+def matmul_peak(
+    dtype: torch.dtype,
+    n: int,
+    device: torch.device,
+    repeats: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """FLOP/s of this machine's best ``n x n`` matrix product in ``dtype`` (best of ``repeats``),
+    timed by ``clock`` (wall time, or this process's CPU time: see :func:`time_precisions`)."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
 
@@ -61,7 +68,7 @@ def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, repeats: int =
         sync(device)
 
     product()  # warm-up: the library picks its kernel on first use
-    return 2 * n**3 / min(timeit.repeat(product, number=1, repeat=repeats))
+    return 2 * n**3 / min(timeit.repeat(product, number=1, repeat=repeats, timer=clock))
 
 
 @contextlib.contextmanager
@@ -194,10 +201,13 @@ def _gpu_peak(device: torch.device, warm_up: Callable[[], object]) -> int:
 
 def time_precisions(
     benches: dict[str, StepBench], repeats: int
-) -> tuple[dict[str, dict[str, list[float]]], int, dict[str, dict[str, int]]]:
-    """Step times per precision and kind, interleaved after one warm-up of each; the client's
-    pending-graph bytes of the first precision's split step (its warm-up); and, on a GPU, the peak
-    memory of each warm-up."""
+) -> tuple[dict[str, dict[str, dict[str, list[float]]]], int, dict[str, dict[str, int]]]:
+    """Step times (``{"wall": ..., "cpu": ...}``, then per precision and kind), interleaved after
+    one warm-up of each; the client's pending-graph bytes of the first precision's split step
+    (its warm-up); and, on a GPU, the peak memory of each warm-up.
+
+    ``cpu`` is this process's CPU time: with one torch thread on a CPU it is the step's compute
+    time even when other jobs share the cores (wall time then includes waiting for a core)."""
     steps: dict[str, dict[str, Callable[[int], None]]] = {}
     pending: list[int] = []
     gpu_peak: dict[str, dict[str, int]] = {}
@@ -209,14 +219,15 @@ def time_precisions(
             "unsplit": _gpu_peak(bench.device, lambda s=steps[dtype]: s["unsplit"](0)),
             "split": _gpu_peak(bench.device, lambda p=probe: pending.append(p())),  # the split warm-up
         }
-    times = {dtype: {kind: [] for kind in KINDS} for dtype in benches}
+    times = {c: {dtype: {kind: [] for kind in KINDS} for dtype in benches} for c in ("wall", "cpu")}
     for r in tqdm(range(1, repeats + 1), desc="steps (every kind and precision)", unit="repeat"):
         for dtype, kinds in steps.items():
             for kind, fn in kinds.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn(r)
                 sync(benches[dtype].device)
-                times[dtype][kind].append(time.perf_counter() - start)
+                times["wall"][dtype][kind].append(time.perf_counter() - start)
+                times["cpu"][dtype][kind].append(time.process_time() - start_cpu)
     return times, pending[0], gpu_peak
 
 
