@@ -91,7 +91,7 @@ def test_every_kind_of_step_in_both_precisions(results: dict) -> None:
         fp32, bf16 = precisions["fp32"][kind]["median_s"], precisions["bf16"][kind]["median_s"]
         assert speedup[kind] == pytest.approx(fp32 / bf16)
     # The same again on this process's CPU time, for a machine shared with other jobs.
-    for name, p in precisions.items():
+    for p in precisions.values():
         cpu = p["cpu"]
         assert cpu["matmul_peak_flops"] > 0
         for kind in ("peft", "unsplit", "split"):
