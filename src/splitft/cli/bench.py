@@ -210,14 +210,15 @@ def memory(
     model_name: str, counts: tuple[int, ...], layout: AdapterLayout, mode: tuple[str, int] = ("fp32", 0)
 ) -> dict[str, Any]:
     """Peak RSS after one round with each of ``counts`` clients (``mode``: compute dtype, loss
-    chunk); the growth per client between the first two counts."""
+    chunk); the growth per client between the last two counts (with few clients the peak is the
+    model load's, which reads fp32 weights before any cast, not the clients')."""
     with tempfile.TemporaryDirectory(prefix="splitft-bench-") as tmp:
         corpus = Path(tmp) / "bench.txt"
         # Enough lines that every client keeps a sample after the validation/test hold-outs.
         corpus.write_text("".join(f"benchmark line {i} of the corpus\n" for i in range(2 * max(counts) + 20)))
         desc = f"memory probes ({mode[0]})"
         runs = [_run_child(model_name, n, corpus, mode) for n in tqdm(counts, desc=desc, unit="probe")]
-    (lo, hi, *_), params = runs, sum(shape.numel() for shape in layout.shapes.values())
+    (*_, lo, hi), params = runs, sum(shape.numel() for shape in layout.shapes.values())
     return {
         "compute_dtype": mode[0],
         "runs": runs,
