@@ -75,7 +75,7 @@ def test_split_step_with_chunked_loss_equals_unsplit():
     split_nll, split_tokens, _ = model.server_stats(cut, received, b["attention_mask"], b["labels"], server)
     (split_nll / split_tokens).backward()
     hidden.backward(received.grad)
-    assert float(split_nll) == pytest.approx(float(nll), rel=1e-6)
+    assert float(split_nll.detach()) == pytest.approx(float(nll.detach()), rel=1e-6)
     split_grads = {**client, **server}
     assert max(float((split_grads[n].grad - params[n].grad).abs().max()) for n in params) <= 1e-5
 
