@@ -68,3 +68,41 @@ def test_untrained_tensor_keeps_its_value():
     acc.add(A, start[A], start[A] + 1, rank=4, weight=1.0)
     merged = acc.apply(start)
     assert torch.equal(merged[B], start[B])
+
+
+def test_fed_server_folding_uploads_as_they_arrive_equals_merging_them_at_once():
+    """FedServer.receive keeps one upload at a time (fedavg) or all of them (svd); either way
+    the merge is bit-identical to merging the whole list."""
+    from splitft.model.lora import copy_ranks, full_ranks
+    from splitft.roles.fed_server import FedServer
+    from splitft.wire.codec import Entry, encode_message
+    from splitft.wire.messages import adapter_entries
+
+    from _models import tiny_split
+
+    model, layout, start = tiny_split("llama")
+    gen = torch.Generator().manual_seed(3)
+    uploads = []
+    for i, cut in enumerate((1, 2, 3)):
+        ranks = copy_ranks(layout, range(cut), cut - 1, 8)
+        trained = {n: start[n] + 0.01 * torch.randn(start[n].shape, generator=gen) for n in ranks}
+        entries = [*adapter_entries(trained, ranks), Entry("control", "control", {"samples": 10 + i})]
+        uploads.append((encode_message(entries).data, ranks))
+    server_side = [
+        FedServer(layout, start, "fedavg").contribution(
+            encode_message(
+                [*adapter_entries(start, full_ranks(layout)), Entry("control", "control", {"samples": 5})]
+            ).data,
+            full_ranks(layout),
+        )
+    ]
+    for mode in ("fedavg", "svd"):
+        streamed, listed = FedServer(layout, dict(start), mode), FedServer(layout, dict(start), mode)
+        weights = [streamed.receive(payload, ranks) for payload, ranks in uploads]
+        assert weights == [10.0, 11.0, 12.0]
+        streamed.merge(server_side=server_side)
+        listed.merge([listed.contribution(payload, ranks) for payload, ranks in uploads], server_side)
+        assert streamed.global_adapters.keys() == listed.global_adapters.keys()
+        assert all(torch.equal(streamed.global_adapters[n], listed.global_adapters[n]) for n in start)
+        assert any(not torch.equal(streamed.global_adapters[n], start[n]) for n in start)  # it merged
+        assert streamed._held == [] and streamed._received.weighted == {}  # nothing kept for the next round

@@ -31,6 +31,9 @@ CASES = [
     (["--federation.num_clients", "500"], "federation.num_clients"),
     (["--model.name", "no-such/model-anywhere"], "no-such/model-anywhere"),
     (["--model.name", "tiny:mamba"], "allowed: gpt2, opt, gpt-neo, llama, qwen2"),
+    (["--compute_dtype", "fp8"], "compute_dtype = 'fp8': must be one of fp32, bf16, fp16"),
+    (["--compute_dtype", "fp16", "--device", "cpu"], "'fp16' needs a CUDA device"),
+    (["--loss_chunk", "-1"], "loss_chunk = -1: must be >= 0"),
 ]
 
 

@@ -77,3 +77,49 @@ def test_codec_formats_are_timed_and_smaller_than_fp32(results: dict) -> None:
         assert row["ratio_to_fp32"] == pytest.approx(fp32 / (row["bytes_up"] + row["bytes_down"]))
     assert rows["int8"]["ratio_to_fp32"] > 3.5 and rows["int4"]["ratio_to_fp32"] > 6
     assert rows["topk:0.01"]["ratio_to_fp32"] > 50
+
+
+def test_every_kind_of_step_in_both_precisions(results: dict) -> None:
+    precisions = results["precisions"]
+    assert set(precisions) == {"fp32", "bf16"}
+    assert (precisions["fp32"]["compute_dtype"], precisions["fp32"]["loss_chunk"]) == ("fp32", 0)
+    assert precisions["bf16"]["compute_dtype"] == "bf16" and precisions["bf16"]["loss_chunk"] > 0
+    for p in precisions.values():
+        assert p["matmul_peak_flops"] > 0
+        for kind in ("peft", "unsplit", "split"):
+            step = p[kind]
+            assert len(step["s"]) == 2 and all(t > 0 for t in step["s"])
+            assert step["tokens_per_s"] == pytest.approx(2 * 32 / step["median_s"])
+            assert step["share_of_peak"] == pytest.approx(
+                step["flops"] / step["median_s"] / p["matmul_peak_flops"]
+            )
+            assert 0 < step["share_of_peak"] < 1.5  # a step cannot beat the measured peak by much
+        assert p["split_vs_unsplit"] == pytest.approx(p["split"]["median_s"] / p["unsplit"]["median_s"])
+    # The split step does the same arithmetic as the unsplit one, minus the cut's rank reduction.
+    assert precisions["fp32"]["split"]["flops"] <= precisions["fp32"]["unsplit"]["flops"]
+    assert precisions["fp32"]["peft"]["flops"] == precisions["fp32"]["unsplit"]["flops"]
+    speedup = results["speedup_vs_fp32"]["bf16"]
+    for kind in ("peft", "unsplit", "split"):
+        fp32, bf16 = precisions["fp32"][kind]["median_s"], precisions["bf16"][kind]["median_s"]
+        assert speedup[kind] == pytest.approx(fp32 / bf16)
+    # The same again on this process's CPU time, for a machine shared with other jobs.
+    for p in precisions.values():
+        cpu = p["cpu"]
+        assert cpu["matmul_peak_flops"] > 0
+        for kind in ("peft", "unsplit", "split"):
+            assert len(cpu[kind]["s"]) == 2 and all(t > 0 for t in cpu[kind]["s"])
+            assert cpu[kind]["tokens_per_s"] == pytest.approx(2 * 32 / cpu[kind]["median_s"])
+        assert results["speedup_vs_fp32_cpu"]["bf16"]["split"] == pytest.approx(
+            precisions["fp32"]["cpu"]["split"]["median_s"] / precisions["bf16"]["cpu"]["split"]["median_s"]
+        )
+    # The fp32 view is today's: the same times as the fp32 precision's unsplit and split steps.
+    assert results["step"]["unsplit_s"] == precisions["fp32"]["unsplit"]["s"]
+
+
+def test_memory_probes_run_in_the_fast_mode_too(results: dict) -> None:
+    fast = results["memory_fast"]
+    assert fast["compute_dtype"] == "bf16" and results["memory"]["compute_dtype"] == "fp32"
+    assert [run["clients"] for run in fast["runs"]] == [4, 8]
+    assert all(run["maxrss_mb"] > 0 and run["round_s"] > 0 for run in fast["runs"])
+    # Same adapters in every precision: fp32 LoRA and AdamW state.
+    assert fast["state_per_client_mb"] == results["memory"]["state_per_client_mb"]

@@ -23,3 +23,5 @@ GENERATION_METRICS = ("bleu", "chrf", "nist", "rouge_l", "exact_match")
 """Scores of generated text (eval.generation_metrics; report/text_metrics.py says what each is)."""
 SERVER_LOADS = ("idle", "busy")
 """Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
+"""Precisions the frozen base model can be held and run in (fp16 on CUDA only)."""

@@ -246,6 +246,12 @@ class Config:
     """Torch CPU threads (0 = torch's default)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+    compute_dtype: str = "fp32"
+    """Precision of the frozen base model: 'fp32', 'bf16' (half its memory, faster on bf16
+    hardware) or 'fp16' (CUDA only). LoRA, its optimizer state and the loss stay fp32."""
+    loss_chunk: int = 0
+    """Tokens per chunk of the LM head's loss: the vocabulary-wide logits exist one chunk at a
+    time, never for the whole batch (0 = whole batch at once, as before)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:

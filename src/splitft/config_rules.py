@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from splitft.choices import (
     AGGREGATIONS,
     CLOCK_ORDERS,
+    COMPUTE_DTYPES,
     CUT_RANK_SIDES,
     DEVICE_PRESETS,
     DEVICES,
@@ -39,7 +40,7 @@ MINIMUM = {
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
     "policy.slack": 0, "call_timeout_s": 0, "seed": 0, "eval.generation_samples": 1,
-    "eval.max_new_tokens": 1,
+    "eval.max_new_tokens": 1, "loss_chunk": 0,
 }
 # fmt: on
 POSITIVE = ("lora.alpha", "train.lr")
@@ -55,7 +56,8 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
                "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
-               "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS}
+               "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS,
+               "compute_dtype": COMPUTE_DTYPES}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in MINIMUM.items()),
@@ -94,6 +96,11 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
             "codec.adapters",
             lambda v: all(f in ADAPTER_FORMATS for f in v),
             f"every value must be one of {', '.join(ADAPTER_FORMATS)}",
+        ),
+        (
+            "compute_dtype",
+            lambda v: v != "fp16" or cfg.device != "cpu",
+            "'fp16' needs a CUDA device (device = 'cpu'); on a CPU use 'bf16' or 'fp32'",
         ),
         *method_rules(cfg),
         *((key, math.isfinite, "must be a finite number") for key, tp in field_types.items() if tp is float),

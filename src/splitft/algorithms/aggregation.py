@@ -104,10 +104,12 @@ def merge(
     server_side: Sequence[Contribution],
     mode: str,
     rank: int,
+    client_sum: ChangeAccumulator | None = None,
 ) -> tuple[Adapters, float]:
-    """The new global set from both sides' contributions; the truncation error (0 for fedavg)."""
+    """The new global set from both sides' contributions; the truncation error (0 for fedavg).
+    ``client_sum``: fedavg sums of client contributions already added (``client_side`` adds to it)."""
     if mode == "svd":
         return merge_svd(start, [*client_side, *server_side], rank)
-    fed = ChangeAccumulator().add_all(start, client_side)
+    fed = (client_sum or ChangeAccumulator()).add_all(start, client_side)
     main = ChangeAccumulator().add_all(start, server_side)
     return fed.merge(main).apply(start), 0.0

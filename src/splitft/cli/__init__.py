@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from splitft.cli.bench_args import add_parser as add_bench
 from splitft.config import FIELD_TYPES, Config
 from splitft.config_cli import add_config_arguments, config_from_args
 from splitft.errors import ConfigError, SplitFTError
@@ -271,15 +272,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser(
-        "bench", help="measure split vs unsplit step time, bytes per step and memory per client"
-    )
-    bench.add_argument("--model", default="smollm2-135m", help="model to measure")
-    bench.add_argument("--batch-size", type=int, default=4)
-    bench.add_argument("--length", type=int, default=128)
-    bench.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of each timing")
-    bench.add_argument("--quick", action="store_true", help="tiny model, few repeats: a smoke run")
-    bench.add_argument("--out", default="", help="also write the results as JSON here")
+    bench = add_bench(sub)
     bench.set_defaults(run=_bench)
 
 

@@ -194,22 +194,21 @@ class SplitRoundLoop:
     ) -> tuple[list[int], float]:
         """Clients upload their adapters; the fed server merges both sides' changes. Returns
         the clients that contributed and the merge's truncation error."""
-        client_side = {}
+        weights = {}  # uploads are folded in as they arrive: one held at a time (memory per client)
         for i in clients:
             if (payload := self._call(round_number, i, "end_round", control(), dropped)) is not None:
                 ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.client_cut_rank)
-                upload = self._read(
-                    round_number, i, "end_round", dropped, self.fed_server.contribution, payload, ranks
+                weight = self._read(
+                    round_number, i, "end_round", dropped, self.fed_server.receive, payload, ranks
                 )
-                if upload is not None:
-                    client_side[i] = upload
-        server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
-        truncation = self.fed_server.merge(list(client_side.values()), server_side)
-        if not client_side:
+                if weight is not None:
+                    weights[i] = weight
+        truncation = self.fed_server.merge(server_side=self.main_server.contributions(weights))
+        if not weights:
             failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
             error = DivergenceError if diverged(dropped) else SplitFTError
             raise error(f"round {round_number}: every client failed ({failures})")
-        return sorted(client_side), truncation
+        return sorted(weights), truncation
 
     def _begin(
         self,

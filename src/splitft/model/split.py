@@ -20,19 +20,23 @@ at a time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from splitft.errors import ModelError
 from splitft.model.families import Family, decoder_blocks, family_of
+from splitft.model.loss import chunked_token_stats, token_stats
+from splitft.model.precision import base_dtype
+
+__all__ = ["SplitModel", "token_stats"]
 
 
 class _CutReached(Exception):
-    """Raised by the hook after the client's last block to stop the forward pass there."""
+    """Raised by a hook to stop the forward pass where the caller needs its tensor: after the
+    client's last block, or at the LM head's input."""
 
     def __init__(self, hidden: torch.Tensor) -> None:
         super().__init__("cut reached")
@@ -59,12 +63,15 @@ class SplitModel:
 
     Args:
         model: a ``*ForCausalLM`` (with or without PEFT LoRA layers injected).
+        loss_chunk: tokens per chunk of the memory-light loss in :meth:`full_stats` and
+            :meth:`server_stats` (0 = whole logits, :func:`token_stats`).
 
     Adapter tensors (``params``) are keyed by parameter name relative to ``model``.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss_chunk: int = 0) -> None:
         self.model = model
+        self.loss_chunk = loss_chunk
         self.family: Family = family_of(model)
         self.blocks: nn.ModuleList = decoder_blocks(model, self.family)
         self.num_blocks = len(self.blocks)
@@ -100,18 +107,8 @@ class SplitModel:
     ) -> torch.Tensor:
         """Hidden state after block ``cut - 1`` (the smashed data), attached to the graph."""
         self.check_cut(cut)
-
-        def stop(_module: nn.Module, _args: object, output: torch.Tensor | tuple) -> None:
-            raise _CutReached(_first(output))
-
-        handle = self.blocks[cut - 1].register_forward_hook(stop)
-        try:
-            self._call(dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False), params)
-        except _CutReached as reached:
-            return reached.hidden
-        finally:
-            handle.remove()
-        raise ModelError(f"the forward pass never reached block {cut - 1}")  # pragma: no cover
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self._stop_at(self.blocks[cut - 1], lambda: self._call(kwargs, params), after=True)
 
     def server_forward(
         self,
@@ -122,7 +119,7 @@ class SplitModel:
     ) -> torch.Tensor:
         """Logits from the hidden state entering block ``cut``."""
         self.check_cut(cut)
-        hidden = hidden.to(self.model.dtype)
+        hidden = hidden.to(base_dtype(self.model))
 
         def inject(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
@@ -144,6 +141,59 @@ class SplitModel:
             handle.remove()
         return out.logits
 
+    def full_stats(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, int, int]:
+        """:func:`token_stats` of the unsplit model, memory-light when ``loss_chunk`` is set."""
+        if not self.loss_chunk:
+            return token_stats(self.full_forward(input_ids, attention_mask, params), labels)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self._head_stats(lambda: self._call(kwargs, params), labels)
+
+    def server_stats(
+        self,
+        cut: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, int, int]:
+        """:func:`token_stats` from the hidden state entering block ``cut``, memory-light when
+        ``loss_chunk`` is set."""
+        if not self.loss_chunk:
+            return token_stats(self.server_forward(cut, hidden, attention_mask, params), labels)
+        return self._head_stats(lambda: self.server_forward(cut, hidden, attention_mask, params), labels)
+
+    def _head_stats(self, run: Callable[[], object], labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        head = self.model.get_output_embeddings()
+        return chunked_token_stats(self._stop_at(head, run, after=False), head, labels, self.loss_chunk)
+
+    def _stop_at(self, module: nn.Module, run: Callable[[], object], after: bool) -> torch.Tensor:
+        """Run ``run`` (a forward pass) until ``module``; return its output (``after``) or input."""
+
+        def stop_after(_module: nn.Module, _args: object, output: torch.Tensor | tuple) -> None:
+            raise _CutReached(_first(output))
+
+        def stop_before(_module: nn.Module, args: tuple) -> None:
+            raise _CutReached(args[0])
+
+        handle = (
+            module.register_forward_hook(stop_after)
+            if after
+            else module.register_forward_pre_hook(stop_before)
+        )
+        try:
+            run()
+        except _CutReached as reached:
+            return reached.hidden
+        finally:
+            handle.remove()
+        raise ModelError(f"the forward pass never reached {type(module).__name__}")  # pragma: no cover
+
     def _call(self, kwargs: dict, params: Mapping[str, torch.Tensor] | None):
         if not params:
             return self.model(**kwargs)
@@ -160,20 +210,3 @@ class SplitModel:
         finally:
             handle.remove()
         return seen[0]
-
-
-def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token NLL, number of scored tokens, and number predicted exactly.
-
-    ``labels`` are the input ids with -100 wherever a token must not be scored (padding, and a
-    prompt when the loss is on the response only); position t predicts label t+1.
-    """
-    logits = logits[:, :-1].float()
-    target = labels[:, 1:]
-    mask = target != -100
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    with torch.no_grad():
-        correct = int(((logits.argmax(-1) == target) & mask).sum())
-    return nll, int(mask.sum()), correct

@@ -22,7 +22,8 @@ from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError, DataError
 from splitft.files import READ_ERRORS, read_json_object
 from splitft.model.loading import load_model, load_tokenizer
-from splitft.model.split import SplitModel, token_stats
+from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.split import SplitModel
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,7 @@ def evaluate(
     for start in range(0, n, batch_size):
         batch = collate([data[i] for i in order[start : start + batch_size]], pad_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model.full_forward(batch["input_ids"], batch["attention_mask"], adapters)
-        s, t, c = token_stats(logits, batch["labels"])
+        s, t, c = model.full_stats(batch["input_ids"], batch["attention_mask"], batch["labels"], adapters)
         loss_sum, tokens, correct = loss_sum + float(s), tokens + t, correct + c
     return EvalResult.from_sums(loss_sum, tokens, correct)
 
@@ -105,6 +105,8 @@ def load_adapter(adapter: str | Path, overrides: dict[str, object] | None = None
         raise DataError(
             f"--adapter {folder}: the adapter cannot be loaded: {str(err).splitlines()[0]}"
         ) from None
+    # The run's precision (on the CPU, where fp16 is refused).
+    cast_frozen_base(model.base_model.model, resolve_compute_dtype(cfg.compute_dtype, torch.device("cpu")))
     return SavedAdapter(model, tokenizer, cfg)
 
 
@@ -134,7 +136,7 @@ def evaluate_adapter(
     cfg = saved.cfg
     prepared = prepare_data(cfg.data, saved.tokenizer, cfg.federation.num_clients, cfg.seed)
     dataset = prepared.test if split == "test" else prepared.validation
-    model = SplitModel(saved.model.base_model.model)
+    model = SplitModel(saved.model.base_model.model, loss_chunk=cfg.loss_chunk)
     result = evaluate(
         model, None, dataset, pad_id_of(saved.tokenizer), batch_size, max_samples or cfg.eval.max_samples
     )

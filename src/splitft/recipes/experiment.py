@@ -31,6 +31,7 @@ from splitft.errors import ConfigError, ModelError
 from splitft.methods.base import Method
 from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, Adapters, attach_lora, initial_adapters
+from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
 from splitft.runtime.inprocess import InProcessRuntime
@@ -87,7 +88,10 @@ def check_model_shape(cfg: Config) -> None:
 
 
 def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
-    """Load ``cfg.model``, inject LoRA at ``r_others`` (seeded) and move it to ``cfg.device``."""
+    """Load ``cfg.model``, inject LoRA at ``r_others`` (seeded), move it to ``cfg.device`` and
+    hold its frozen base in ``cfg.compute_dtype`` (the adapters stay fp32)."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_compute_dtype(cfg.compute_dtype, device)
     base = load_model(
         cfg.model.name, vocab_size=len(tokenizer), seed=cfg.seed, keep_layers=cfg.model.keep_layers
     )
@@ -95,11 +99,13 @@ def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
     peft_model = attach_lora(
         base, family, cfg.lora.r_others, cfg.lora.alpha, cfg.lora.target_modules, cfg.seed
     )
-    peft_model.to(resolve_device(cfg.device))
+    peft_model.to(device)
     causal_lm = peft_model.base_model.model
-    model = SplitModel(causal_lm)
+    initial = initial_adapters(causal_lm)  # drawn on the fp32 model: the same in every precision
+    cast_frozen_base(causal_lm, dtype)
+    model = SplitModel(causal_lm, loss_chunk=cfg.loss_chunk)
     layout = AdapterLayout.of(causal_lm, model.family)
-    return SharedModel(peft_model, model, layout, initial_adapters(causal_lm), pad_id_of(tokenizer))
+    return SharedModel(peft_model, model, layout, initial, pad_id_of(tokenizer))
 
 
 def build_client(
@@ -155,7 +161,7 @@ def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> 
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    resolve_device(cfg.device)  # before anything slow
+    resolve_compute_dtype(cfg.compute_dtype, resolve_device(cfg.device))  # before anything slow
     check_model_shape(cfg)
     method = METHODS.get(cfg.method)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from splitft.algorithms.aggregation import Contribution, merge
+from splitft.algorithms.aggregation import ChangeAccumulator, Contribution, merge
 from splitft.algorithms.lowrank import canonicalize
 from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
 from splitft.wire import checks
@@ -29,6 +29,8 @@ class FedServer:
         self._global = initial
         self.version = 0
         """Bumped whenever the global set changes."""
+        self._received = ChangeAccumulator()
+        self._held: list[Contribution] = []
 
     @property
     def global_adapters(self) -> Adapters:
@@ -46,11 +48,32 @@ class FedServer:
             tensors = add_to(self._global, tensors)
         return Contribution(float(samples), tensors, ranks)
 
-    def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
-        """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the
-        merge's truncation error (0 for fedavg)."""
+    def receive(self, payload: bytes, ranks: Mapping[str, int]) -> float:
+        """Take one client's upload for the next :meth:`merge`; returns its weight. ``fedavg``
+        folds it into running sums at once (in arrival order, so the sums are those a list
+        would give), so a round holds one upload at a time however many clients there are;
+        ``svd`` needs every upload at the merge and keeps them."""
+        contribution = self.contribution(payload, ranks)
+        if self.aggregation == "svd":
+            self._held.append(contribution)
+        else:
+            self._received.add_all(self._global, [contribution])
+        return contribution.weight
+
+    def merge(
+        self, client_side: Sequence[Contribution] = (), server_side: Sequence[Contribution] = ()
+    ) -> float:
+        """Add both sides' changes against the current set (``fedavg`` or ``svd``): what
+        :meth:`receive` took, then ``client_side``; returns the truncation error (0 for fedavg)."""
+        received, self._received = self._received, ChangeAccumulator()
+        held, self._held = self._held, []
         self._global, error = merge(
-            self._global, list(client_side), list(server_side), self.aggregation, self.layout.rank
+            self._global,
+            [*held, *client_side],
+            list(server_side),
+            self.aggregation,
+            self.layout.rank,
+            received,
         )
         self.version += 1
         return error

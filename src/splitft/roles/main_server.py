@@ -19,7 +19,7 @@ from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
 from splitft.config_codec import client_format
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
-from splitft.model.split import SplitModel, token_stats
+from splitft.model.split import SplitModel
 from splitft.wire.checks import smashed
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.feedback import ErrorFeedback
@@ -118,13 +118,13 @@ class MainServer:
             for n in copy.params
         }
         with torch.no_grad():
-            logits = self.model.server_forward(
+            loss_sum, tokens, correct = self.model.server_stats(
                 copy.cut,
                 decode_value(message["hidden"]).to(device, torch.float32),
                 message["attention_mask"].to(device),
+                message["labels"].to(device, torch.long),
                 global_part,
             )
-            loss_sum, tokens, correct = token_stats(logits, message["labels"].to(device, torch.long))
         return StepStats(float(loss_sum), tokens, correct)
 
     def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
@@ -136,8 +136,9 @@ class MainServer:
         hidden = decode_value(message["hidden"]).to(device, torch.float32).requires_grad_(True)
         mask = message["attention_mask"].to(device, torch.long)
         labels = message["labels"].to(device, torch.long)
-        logits = self.model.server_forward(copy.cut, hidden, mask, self._params_for(copy))
-        loss_sum, tokens, correct = token_stats(logits, labels)
+        loss_sum, tokens, correct = self.model.server_stats(
+            copy.cut, hidden, mask, labels, self._params_for(copy)
+        )
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)
         spec = client_format(self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype)

@@ -14,7 +14,7 @@ from splitft.algorithms.optim import retarget
 from splitft.config import Config
 from splitft.data.tokenize import BatchStream, TokenizedDataset
 from splitft.model.lora import AdapterLayout, full_ranks
-from splitft.model.split import SplitModel, token_stats
+from splitft.model.split import SplitModel
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.messages import adapter_entries, control, read, read_adapters, read_state, state_message
 
@@ -72,8 +72,7 @@ class WholeModelTrainer:
         for step in range(int(meta["steps"])):
             batch = self.stream.next()
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            logits = self.model.full_forward(ids, mask, self.params)
-            nll, count, _ = token_stats(logits, batch["labels"].to(device))
+            nll, count, _ = self.model.full_stats(ids, mask, batch["labels"].to(device), self.params)
             (nll / max(count, 1)).backward()
             self.optimizer.step(int(meta["first_step"]) + step)
             loss_sum, tokens = loss_sum + float(nll.detach()), tokens + count
