@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitft.config import WIRE_DTYPES
-from splitft.config_codec import ADAPTER_FORMATS
+from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, cut_format_ok
 from splitft.errors import ConfigError, ModelError
 from splitft.sim.devices import DeviceProfile
 from splitft.wire.quantize import GROUP, wire_size
@@ -254,6 +254,8 @@ def cut_bytes(spec: str, batch: int, seq_len: int, hidden: int) -> int:
     casting formats (fp32, fp16, bf16), the whole packed payload for int and top-k formats."""
     if spec in WIRE_ITEMSIZE:
         return batch * seq_len * hidden * wire_itemsize(spec)
+    if not cut_format_ok(spec):
+        raise ConfigError(f"unknown wire format '{spec}'; allowed: {', '.join(CUT_FORMATS)}")
     return wire_size(spec, (batch, seq_len, hidden))
 
 
