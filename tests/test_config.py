@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from splitft import config as config_module
-from splitft import config_cli
-from splitft.config import FIELD_TYPES, SCHEDULES, Config, LoraConfig
+from splitft import config_cli, config_rules
+from splitft.choices import SCHEDULES
+from splitft.config import FIELD_TYPES, Config, LoraConfig
 from splitft.config_cli import add_config_arguments, config_from_args, field_docs
 from splitft.config_io import convert_value
 from splitft.errors import ConfigError
@@ -300,7 +301,7 @@ def test_choice_sets_can_be_extended(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = Config().with_overrides({"train.schedule": "step"})
     with pytest.raises(ConfigError):
         cfg.validate()
-    monkeypatch.setattr(config_module, "SCHEDULES", (*SCHEDULES, "step"))
+    monkeypatch.setattr(config_rules, "SCHEDULES", (*SCHEDULES, "step"))
     cfg.validate()
 
 

@@ -236,8 +236,9 @@ def test_bytes_at_the_cut_follow_the_wire_dtype() -> None:
     fp16 = StepCosts.for_cut(shape, 2, BATCH, SEQ, wire_dtype="fp16")
     assert fp32.down_bytes == BATCH * SEQ * 576 * 4 == 2 * fp16.down_bytes
     assert fp32.up_bytes == fp32.down_bytes + BATCH * SEQ * 5  # int32 labels + uint8 mask
-    with pytest.raises(ConfigError, match="'int3'.*fp32, fp16, bf16"):  # int4 is a format since issue 15
+    with pytest.raises(ConfigError, match="'int3'.*fp32, fp16, bf16"):
         StepCosts.for_cut(shape, 2, BATCH, SEQ, wire_dtype="int3")
+    assert StepCosts.for_cut(shape, 2, BATCH, SEQ, wire_dtype="int4").down_bytes < fp16.down_bytes / 3
     with pytest.raises(ConfigError, match="cut 30 is outside 1..29"):
         StepCosts.for_cut(shape, 30, BATCH, SEQ)
 

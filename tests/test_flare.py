@@ -6,6 +6,7 @@ runs two SimEnv jobs, and a PocEnv one (about 70 s) with SPLITFT_TEST_POC=1.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -142,14 +143,19 @@ class FailingRuntime(InProcessRuntime):
         return super().call(target, method, payload)
 
 
-def test_resume_on_simenv_with_a_failing_site(corpus, tmp_path):
+def test_resume_on_simenv_with_a_failing_site(corpus, tmp_path, monkeypatch):
     """1 round in-process, then resume on SimEnv (client state restored through the sites)
     where site-2 raises in its first forward step: the job finishes with the survivor, and the
     run equals 2 rounds in-process with the same failure."""
+    from _flare_faults import FailingSite
+    from splitft.runtime import flare_job
+
     run = tmp_path / "halves"
     assert main(["train", *args(corpus, 1), "--out", str(run)]) == 0
-    sites = site_configs(tmp_path, "", 'fail_on = "forward_step:1"\n')
-    resumed = ["--federation.rounds", "2", "--runtime", "flare-sim", "--call_timeout_s", "120", *sites]
+    recipe_cls, server_cls, _ = flare_job._nvflare()
+    faulty = functools.partial(FailingSite, fail_on="site-2:forward_step:1")
+    monkeypatch.setattr(flare_job, "_nvflare", lambda: (recipe_cls, server_cls, faulty))
+    resumed = ["--federation.rounds", "2", "--runtime", "flare-sim", "--call_timeout_s", "120"]
     assert main(["train", "--resume", str(run), *resumed]) == 0
     rows = metrics(run)
     assert rows[0]["clients"] == [0, 1] and rows[0]["dropped"] == []
@@ -202,16 +208,17 @@ def test_flare_runtime_turns_every_error_into_a_failed_call():
     assert FlareRuntime({}, timeout_s=0).timeout_s > 1e6  # 0 = no limit
 
 
-def test_site_errors_come_back_as_exceptions_not_exits():
-    from splitft.runtime.flare import SplitFTSite, site_index
+def test_site_errors_come_back_as_exceptions_not_exits(tmp_path):
+    from _flare_faults import FailingSite
+    from splitft.runtime.flare import read_site_config, site_index
 
     class Exits:
         def forward_step(self, payload):
             raise SystemExit(3)
 
-    site = SplitFTSite({})
+    site = FailingSite({}, fail_on="site-1:end_round:2")
     site.name, site.error, site.client = "site-1", "", Exits()
-    site.site = {"data_path": "", "device": "", "fail_on": "end_round:2"}
+    site.site = {"data_path": "", "device": ""}
     site._lock, site.calls = threading.Lock(), Counter()
     with pytest.raises(RuntimeError, match="tried to exit"):
         site.handle("forward_step", b"")
@@ -227,6 +234,11 @@ def test_site_errors_come_back_as_exceptions_not_exits():
     assert site_index("site-3") == 2
     with pytest.raises(Exception, match="site-1 .. site-N"):
         site_index("hospital-a")
+    # Fault injection is a test's job, not a production site's: a site config cannot ask for it.
+    config = tmp_path / "site.toml"
+    config.write_text('fail_on = "end_round:1"\n')
+    with pytest.raises(ConfigError, match=r"unknown keys \['fail_on'\]; allowed: data_path, device"):
+        read_site_config(config)
 
 
 def test_without_the_extra_the_error_says_what_to_install(monkeypatch, tmp_path):

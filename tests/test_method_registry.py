@@ -48,7 +48,7 @@ class SoloLoop:
         )
         stats = read(reply)["control"]
         upload = self.runtime.call(client_role(0), "end_round", control())
-        self.fed_server.assign(self.fed_server.contribution(upload, {}).tensors)
+        self.fed_server.assign(self.fed_server.contribution(upload, full_ranks(self.exp.layout)).tensors)
         timing = RoundTiming(1.0, {0: 1.0}, 0.0, 0.0)
         self.clock.advance(timing)
         return RoundResult(

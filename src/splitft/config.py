@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import tomli_w
 
-from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, CodecConfig, cut_format_ok
+from splitft.config_codec import CodecConfig
 from splitft.config_io import convert_value, load_toml
+from splitft.config_rules import rules
 from splitft.errors import ConfigError
-from splitft.registry import METHODS, POLICIES, RUNTIMES
-
-# Allowed values of the choice fields, defined here only: the modules that act on them import
-# these names. Modules that add a schedule, codec, runtime, ... extend these, and validate()
-# reads them at call time.
-SCHEDULES = ("constant", "linear", "cosine")
-AGGREGATIONS = ("fedavg", "svd")
-DEVICES = ("auto", "cpu", "cuda")
-PARTITIONS = ("iid", "length-dirichlet")
-DEVICE_PRESETS = ("homogeneous", "hetero")
-CLOCK_ORDERS = ("parallel", "sequential")
-CUT_RANK_SIDES = ("none", "client", "both")
-DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
-"""Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
-SERVER_LOADS = ("idle", "busy")
-"""Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
+from splitft.files import write_atomic
 
 
 @dataclass
@@ -115,6 +100,10 @@ class SplitConfig:
     cuts: list[int] = field(default_factory=list)
     """Cut layer per client: one value for all, or one per client; a client runs blocks
     [0, cut). Empty = spread evenly over 1..M-1."""
+    server_adapters: str = "per-client"
+    """'per-client': the main server keeps one copy of the server-side adapters per client
+    (SplitFed V1); 'shared': one set every client's step updates in turn, in client order
+    (SplitFed V2), so the server's blocks train sequentially (docs/architecture.md, D10)."""
 
 
 @dataclass
@@ -166,6 +155,15 @@ class EvalConfig:
     """Evaluate on at most this many test and validation samples."""
     batch_size: int = 8
     """Evaluation batch size."""
+    generation_metrics: list[str] = field(default_factory=list)
+    """Score text generated from the test prompts after training (empty = off): any of bleu,
+    chrf, nist, rouge_l (E2E) and exact_match (GSM8K); needs a prompt/response test split."""
+    generation_samples: int = 32
+    """Test prompts generated from: a fixed subset drawn with the run's seed."""
+    max_new_tokens: int = 64
+    """Most tokens generated per prompt (greedy decoding)."""
+    tensorboard: bool = False
+    """Also write every metrics.jsonl field as TensorBoard scalars to RUN_DIR/tensorboard."""
 
 
 @dataclass
@@ -278,7 +276,7 @@ class Config:
 
     def to_toml(self, path: str | os.PathLike[str]) -> None:
         """Write every field (the resolved config), so the run can be repeated from the file."""
-        Path(path).write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        write_atomic(Path(path), tomli_w.dumps(self.to_dict()))  # a killed write leaves the old file
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with ``{"lora.r_cut": "4", "seed": 7, ...}`` applied; strings are parsed."""
@@ -310,81 +308,6 @@ FIELD_TYPES: dict[str, Any] = {
 }
 """Dotted key ('lora.r_cut', or 'seed' for a top-level field) -> the field's type."""
 
-# fmt: off
-# Lowest allowed value of every bounded number field (0 where the docs give 0 a meaning).
-_MINIMUM = {
-    "model.keep_layers": 0, "data.max_length": 2, "data.max_samples": 0, "data.bins": 1,
-    "data.samples_per_client": 0,
-    "federation.num_clients": 1, "federation.rounds": 1, "federation.local_steps": 1,
-    "lora.r_cut": 1, "lora.r_others": 1, "train.batch_size": 1, "train.warmup_steps": 0,
-    "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
-    "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
-    "policy.slack": 0, "call_timeout_s": 0, "seed": 0,
-}
-# fmt: on
-_POSITIVE = ("lora.alpha", "train.lr")
-_FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
-
-
-def _rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
-    """(key, test, what is allowed) of every check; built per call so extended choice sets count."""
-    n, r_others, vf = cfg.federation.num_clients, cfg.lora.r_others, cfg.data.validation_fraction
-    # fmt: off
-    choices = {"train.schedule": SCHEDULES, "codec.activation_dtype": WIRE_DTYPES,
-               "codec.gradient_dtype": WIRE_DTYPES, "aggregation": AGGREGATIONS, "runtime": RUNTIMES.names(),
-               "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
-               "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
-               "lora.cut_rank_sides": CUT_RANK_SIDES}
-    # fmt: on
-    return [
-        *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in _MINIMUM.items()),
-        *((key, lambda v: v > 0, "must be > 0") for key in _POSITIVE),
-        ("data.alpha", lambda v: 0 < v < math.inf, "must be > 0 and finite"),
-        *((key, lambda v: 0 <= v < 1, "must be in [0, 1)") for key in _FRACTIONS),
-        (
-            "data.test_fraction",
-            lambda v: v + vf < 1,
-            f"must be < 1 - data.validation_fraction = {1 - vf:g}",
-        ),
-        *((key, lambda v, a=a: v in a, f"must be one of {', '.join(a)}") for key, a in choices.items()),
-        ("federation.clients_per_round", lambda v: 0 <= v <= n, f"must be in [0, num_clients={n}]"),
-        ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
-        ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
-        ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
-        ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
-        *(
-            (key, lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values")
-            for key in ("codec.activations", "codec.gradients", "codec.adapters")
-        ),
-        *(
-            (
-                key,
-                lambda v: all(cut_format_ok(f) for f in v),
-                f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
-            )
-            for key in ("codec.activations", "codec.gradients")
-        ),
-        (
-            "codec.adapters",
-            lambda v: all(f in ADAPTER_FORMATS for f in v),
-            f"every value must be one of {', '.join(ADAPTER_FORMATS)}",
-        ),
-        *_method_rules(cfg),
-    ]
-
-
-def _method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
-    """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
-    if cfg.method not in METHODS.names():
-        return []  # reported by the choice rule above
-    method = METHODS.get(cfg.method)
-    if method.splits:
-        return method.config_rules(cfg)
-    plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
-    keys = ("codec.activations", "codec.gradients", "codec.adapters")
-    return [*method.config_rules(cfg), *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys)]
-
-
 _DATA_KEYS = frozenset(
     (*(key for key in FIELD_TYPES if key.startswith("data.")), "federation.num_clients", "seed")
 )
@@ -402,7 +325,7 @@ def _check(cfg: Config, keys: Collection[str]) -> None:
     for key in FIELD_TYPES:
         if key in keys:  # catches wrong types set from Python directly
             convert_value(key, getattr(*_owner(cfg, key)), FIELD_TYPES[key], parse_strings=False)
-    for key, ok, allowed in _rules(cfg):
+    for key, ok, allowed in rules(cfg, FIELD_TYPES):
         value = getattr(*_owner(cfg, key))
         if key in keys and not ok(value):  # `not ok` rather than a negated test, so NaN fails every range
             raise ConfigError(f"{key} = {value!r}: {allowed}")

@@ -26,3 +26,17 @@ class ModelError(SplitFTError):
 
 class CodecError(SplitFTError, ValueError):
     """A payload that crossed a boundary is truncated, corrupted or of an unknown format."""
+
+
+class ReplyError(SplitFTError, ValueError):
+    """A client's reply decodes but is not what was asked for (shape, dtype, range, finiteness);
+    the round loop drops that client, like a failed call."""
+
+
+class DivergenceError(SplitFTError):
+    """Training produced a non-finite loss or gradient: the run stops (its last checkpoint is
+    the last good state)."""
+
+
+NON_FINITE = "holds NaN or infinite values"
+"""How every error about a non-finite tensor says so (a run whose clients all fail with it diverged)."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from splitft.config import TrainConfig
+from splitft.errors import DivergenceError
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -60,11 +61,21 @@ class AdapterOptimizer:
         """Clip, step at the learning rate scheduled for ``global_step``, clear the gradients.
 
         The schedule follows the run's step count, not this optimizer's: a client whose state
-        was reset does not warm up again.
+        was reset does not warm up again. A non-finite gradient (a NaN or infinite loss behind
+        it) raises DivergenceError before anything changes: stepping would spread NaN into
+        every adapter it touches.
         """
         tensors = list(self.params.values())
         if self.cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(tensors, self.cfg.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(tensors, self.cfg.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([t.grad for t in tensors if t.grad is not None])
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise DivergenceError(
+                f"the gradient norm is {float(norm)} at step {global_step}: training diverged "
+                f"(train.lr = {self.cfg.lr:g}; try a lower one)"
+            )
         factor = lr_factor(global_step, self.cfg.warmup_steps, self.total_steps, self.cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor

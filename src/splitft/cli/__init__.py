@@ -1,7 +1,8 @@
 """The ``splitft`` command: one entry point, one subcommand per job.
 
     splitft train [--config F] [--out DIR] [--section.field VALUE ...]
-    splitft eval --adapter DIR [--data SPEC] [--split test|validation]
+    splitft eval --adapter DIR [--data SPEC] [--split test|validation] [--metrics bleu,rouge_l]
+    splitft generate --adapter DIR --out FILE.jsonl [--prompts FILE | --data SPEC] [--sample ...]
     splitft bench [--quick]
     splitft partition [--data SPEC] [--clients N] [--alpha A] [--bins B] [--out DIR] ...
     splitft report RUN_DIR [RUN_DIR ...] [--out DIR] [--target-ppl X] [--labels a,b,...] [--allow-incomplete]
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from splitft.config import FIELD_TYPES, Config
 from splitft.config_cli import add_config_arguments, config_from_args
@@ -55,8 +58,32 @@ def _train(ns: argparse.Namespace) -> int:
 
 def _eval(ns: argparse.Namespace) -> int:
     from splitft.recipes.evaluate import evaluate_adapter
+    from splitft.recipes.generate import check_metrics, generate_from_adapter
 
+    metrics = check_metrics(_names(ns.metrics))
     result = evaluate_adapter(ns.adapter, ns.data, ns.split, ns.max_samples, ns.max_length, ns.batch_size)
+    if metrics:  # generation metrics on the run's seeded test-prompt subset; texts are not kept
+        with tempfile.TemporaryDirectory() as tmp:
+            generated = generate_from_adapter(
+                ns.adapter, Path(tmp) / "g.jsonl", None, ns.data, ns.generation_samples, ns.max_new_tokens,
+                ns.batch_size, metrics=metrics,
+            )  # fmt: skip
+        result["generation"] = {k: v for k, v in generated.items() if k != "out"}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _generate(ns: argparse.Namespace) -> int:
+    from splitft.recipes.generate import generate_from_adapter
+
+    result = generate_from_adapter(
+        ns.adapter, ns.out, ns.prompts or None, ns.data, ns.max_samples, ns.max_new_tokens, ns.batch_size,
+        ns.sample, ns.temperature, ns.top_p, ns.seed, _names(ns.metrics),
+    )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
 
@@ -139,6 +166,13 @@ def _reject_unknown(ns: argparse.Namespace, unknown: list[str]) -> None:
         Config().with_overrides({key: value or (unknown[1] if len(unknown) > 1 else "")})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line like every other (not usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
@@ -168,7 +202,43 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--max-length", type=int, default=0, help="truncate at N tokens (0 = the run's data.max_length)"
     )
     ev.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    ev.add_argument(
+        "--metrics",
+        default="",
+        help="also generate and score, e.g. bleu,rouge_l (see eval.generation_metrics)",
+    )
+    ev.add_argument(
+        "--generation-samples", type=int, default=32, help="test prompts to generate from (seeded)"
+    )
+    ev.add_argument("--max-new-tokens", type=int, default=64, help="most tokens generated per prompt")
     ev.set_defaults(run=_eval)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="generate text with a saved adapter from a prompt file or a corpus's test prompts (JSONL out)",
+        usage="splitft generate --adapter DIR --out FILE.jsonl [--prompts FILE | --data SPEC] [options]",
+    )
+    gen.add_argument("--adapter", required=True, help="adapter folder written by `splitft train`")
+    gen.add_argument("--out", required=True, help="JSONL file to write: prompt, output, references per line")
+    gen.add_argument(
+        "--prompts", default="", help=".txt (one prompt per line) or .jsonl (prompt, references)"
+    )
+    gen.add_argument("--data", default="", help="prompts from this corpus's test split (default: the run's)")
+    gen.add_argument(
+        "--max-samples", type=int, default=32, help="at most N prompts (a seeded subset of a corpus)"
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="most tokens generated per prompt")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the prompt subset and of sampling")
+    gen.add_argument(
+        "--metrics", default="", help="score against the references, e.g. bleu,rouge_l,exact_match"
+    )
+    gen.set_defaults(run=_generate)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -287,23 +357,27 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
+    parser = _Parser(prog="splitft", description="Adaptive federated split LoRA fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_compare, _add_bench, _add_partition, _add_report):
+    for add in (_add_train, _add_eval, _add_generate, _add_compare, _add_bench, _add_partition, _add_report):
         add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns, unknown = parser.parse_known_args(argv)
     try:
+        ns, unknown = parser.parse_known_args(argv)
         if unknown:
             _reject_unknown(ns, unknown)
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return ns.run(ns)
     except SplitFTError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write fault (permission, full disk): one line; what was written stays
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -60,6 +60,8 @@ class PartitionedData:
     """Sorted indices into :attr:`train` of each client's samples, after the ``samples_per_client`` cap."""
     response_only: bool
     """Whether the loss skips prompts (``data.response_only`` and the corpus has prompts)."""
+    test_samples: list[Sample] = field(default_factory=list)
+    """The test split as text, before tokenization (what generation prompts are drawn from)."""
 
 
 @dataclass
@@ -74,6 +76,8 @@ class PreparedData:
     test: TokenizedDataset
     facts: dict[str, Any] = field(default_factory=dict)
     """JSON-able summary: corpus, samples and tokens per split and per client, partition."""
+    test_samples: list[Sample] = field(default_factory=list)
+    """The test split as text (prompts and references of generation metrics)."""
 
 
 def _carve(
@@ -144,7 +148,9 @@ def partition_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int)
             f"short), fewer than federation.num_clients={num_clients}"
         )
     partitioner, parts = _partition(cfg, train_ds, num_clients, seed)
-    return PartitionedData(corpus, train_ds, validation, test, sources, partitioner, parts, response_only)
+    return PartitionedData(
+        corpus, train_ds, validation, test, sources, partitioner, parts, response_only, splits["test"]
+    )
 
 
 def _select_samples(
@@ -280,4 +286,4 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, num_clients: int, seed: int) -
         "clients": client_facts,
         "seed": seed,
     }
-    return PreparedData(clients, heldout, staged.validation, staged.test, facts)
+    return PreparedData(clients, heldout, staged.validation, staged.test, facts, staged.test_samples)

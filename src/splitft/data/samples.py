@@ -131,6 +131,8 @@ def jsonl_records(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {number}: invalid JSON ({e.msg}, column {e.colno})") from e
+        except RecursionError:
+            raise DataError(f"{path}, line {number}: invalid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
         yield number, record

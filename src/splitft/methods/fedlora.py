@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
-from splitft.errors import ConfigError, SplitFTError
+from splitft.errors import ConfigError, DivergenceError, ReplyError, SplitFTError
 from splitft.methods.base import Method, RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, full_ranks
 from splitft.roles.fed_server import FedServer
@@ -24,7 +25,8 @@ from splitft.roles.trainer import WholeModelTrainer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
-from splitft.wire.calls import Clients
+from splitft.wire import checks
+from splitft.wire.calls import Clients, guarded
 from splitft.wire.codec import encode_message
 from splitft.wire.ledger import ByteLedger
 from splitft.wire.messages import adapter_entries, control, read
@@ -76,15 +78,24 @@ class FedLoraLoop:
                 continue
             if (upload := self._call(round_number, i, "end_round", control(), dropped)) is None:
                 continue
-            stats = read(result)["control"]
-            loss_sum, tokens, shapes[i] = (
-                loss_sum + stats["loss_sum"],
-                tokens + stats["tokens"],
-                stats["shapes"],
+            both = guarded(
+                self.clients.dropped,
+                dropped,
+                round_number,
+                i,
+                "end_round",
+                self._read_replies,
+                result,
+                upload,
             )
-            contributions.append(self.fed_server.contribution(upload, full_ranks(self.layout)))
+            if both is None:
+                continue
+            (client_loss, client_tokens, shapes[i]), contribution = both
+            loss_sum, tokens = loss_sum + client_loss, tokens + client_tokens
+            contributions.append(contribution)
         if not contributions:
-            raise SplitFTError(f"round {round_number}: no client finished ({self._why_none(dropped)})")
+            error = DivergenceError if checks.diverged(dropped) else SplitFTError
+            raise error(f"round {round_number}: no client finished ({self._why_none(dropped)})")
         truncation = self.fed_server.merge(contributions)
         timing = self.timer.whole_model(round_number, shapes, self.ledger)
         self.clock.advance(timing)
@@ -104,6 +115,11 @@ class FedLoraLoop:
             samples=sum(b for s in shapes.values() for b, _ in s),
             truncation_error=truncation,
         )
+
+    def _read_replies(self, result: bytes, upload: bytes) -> tuple[tuple[float, int, list], Contribution]:
+        """A trainer's ``train`` stats and its upload, checked (ReplyError or CodecError)."""
+        stats = _train_stats(result, self.cfg.federation.local_steps)
+        return stats, self.fed_server.contribution(upload, full_ranks(self.layout))
 
     def _why_none(self, dropped: list[dict]) -> str:
         failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped)
@@ -132,6 +148,24 @@ class FedLoraLoop:
         self.clock = VirtualClock.from_dict(state["clock"])
         self.clients.load_state_dict(state["clients"])
         self.ledger.restore(state["ledger"])
+
+
+def _train_stats(payload: bytes, steps: int) -> tuple[float, int, list[list[int]]]:
+    """A trainer's reply to ``train``: summed loss, tokens, and one [batch, seq] per step,
+    checked (ReplyError or CodecError when malformed)."""
+    stats = read(payload).get("control")
+    loss_sum = checks.number(stats, "loss_sum")
+    tokens = int(checks.number(stats, "tokens", integer=True))
+    shapes = stats.get("shapes")
+    if (
+        not isinstance(shapes, list)
+        or len(shapes) != steps
+        or not all(
+            isinstance(s, list) and len(s) == 2 and all(type(d) is int and d > 0 for d in s) for s in shapes
+        )
+    ):
+        raise ReplyError(f"control field 'shapes' is not {steps} pairs of positive integers")
+    return loss_sum, tokens, shapes
 
 
 class FedLora(Method):

@@ -20,6 +20,7 @@ from splitft.registry import POLICIES
 from splitft.roles.client import Client
 from splitft.roles.fed_server import FedServer
 from splitft.roles.main_server import MainServer
+from splitft.roles.shared_server import SharedMainServer
 from splitft.runtime.base import Runtime
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class SplitMethod(Method):
                 )
 
     def build_server(self, exp: Experiment) -> MainServer:
-        return MainServer(exp.model, exp.layout, exp.cfg)
+        shared = exp.cfg.split.server_adapters == "shared"
+        return (SharedMainServer if shared else MainServer)(exp.model, exp.layout, exp.cfg)
 
     def build_client(
         self, cfg: Config, index: int, train: TokenizedDataset, heldout: TokenizedDataset, shared: SharedModel

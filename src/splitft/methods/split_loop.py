@@ -29,7 +29,7 @@ from typing import Any
 from splitft.algorithms.policy import AllocationContext, AllocationPolicy, accuracy_weights
 from splitft.config import Config, LoraConfig
 from splitft.config_codec import client_format
-from splitft.errors import SplitFTError
+from splitft.errors import DivergenceError, SplitFTError
 from splitft.methods.base import RoundResult, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, copy_ranks
 from splitft.roles.fed_server import FedServer
@@ -37,7 +37,8 @@ from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
-from splitft.wire.calls import Clients
+from splitft.wire.calls import Clients, guarded
+from splitft.wire.checks import diverged
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
 from splitft.wire.messages import DELTA_FORMATS, adapter_entries, add_to, control, read_adapters
@@ -141,6 +142,7 @@ class SplitRoundLoop:
         self.cut_blocks = new_cut_blocks
         if fresh:
             changed = self.fed_server.canonicalize(fresh)
+            self.main_server.canonicalized(changed)
             # Every copy of these tensors, including those of clients not sampled this round,
             # holds optimizer moments in the old basis: reset them at that client's next round.
             for i in range(self.num_clients):
@@ -154,6 +156,7 @@ class SplitRoundLoop:
         those of ``[cut, M)``; returns the clients still there."""
         start = self.fed_server.global_adapters
         reset_all = self.cfg.aggregation == "svd"
+        self.main_server.start_round(start, reset_all)
         for i in clients:
             reset = sorted(self.pending_reset.get(i, ()))
             if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
@@ -175,9 +178,12 @@ class SplitRoundLoop:
                 if i in self.clients.dropped:
                     continue
                 smashed = self._call(round_number, i, "forward_step", control(step=global_step), dropped)
-                if smashed is None:
+                if (
+                    smashed is None
+                    or (served := self._server_step(round_number, i, smashed, global_step, dropped)) is None
+                ):
                     continue
-                grad, stats = self.main_server.train_step(i, smashed, global_step)
+                grad, stats = served
                 loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
                 step_shapes[i].append((stats.batch, stats.seq_len))
                 self._call(round_number, i, "backward_step", grad, dropped)
@@ -192,12 +198,17 @@ class SplitRoundLoop:
         for i in clients:
             if (payload := self._call(round_number, i, "end_round", control(), dropped)) is not None:
                 ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.client_cut_rank)
-                client_side[i] = self.fed_server.contribution(payload, ranks)
+                upload = self._read(
+                    round_number, i, "end_round", dropped, self.fed_server.contribution, payload, ranks
+                )
+                if upload is not None:
+                    client_side[i] = upload
         server_side = self.main_server.contributions({i: c.weight for i, c in client_side.items()})
         truncation = self.fed_server.merge(list(client_side.values()), server_side)
         if not client_side:
             failures = "; ".join(f"client {d['client']}: {d['error']}" for d in dropped) or "no client left"
-            raise SplitFTError(f"round {round_number}: every client failed ({failures})")
+            error = DivergenceError if diverged(dropped) else SplitFTError
+            raise error(f"round {round_number}: every client failed ({failures})")
         return sorted(client_side), truncation
 
     def _begin(
@@ -265,9 +276,27 @@ class SplitRoundLoop:
             payload = self._call(round_number, i, "heldout_forward", control(samples=samples), dropped)
             if payload is None:
                 continue
-            stats = self.main_server.score(i, payload, adapters)
-            if stats.tokens:
+            stats = self._read(
+                round_number, i, "heldout_forward", dropped, self.main_server.score, i, payload, adapters
+            )
+            if stats is not None and stats.tokens:
                 self.accuracy[i] = stats.correct / stats.tokens
+
+    def _server_step(
+        self, round_number: int, i: int, smashed: bytes, global_step: int, dropped: list[dict]
+    ) -> tuple[bytes, Any] | None:
+        """The main server's step on client ``i``'s smashed data: None when the data is malformed
+        (the client is dropped); a non-finite loss or gradient stops the run, naming the client."""
+        try:
+            return self._read(
+                round_number, i, "forward_step", dropped, self.main_server.train_step, i, smashed, global_step
+            )
+        except DivergenceError as err:
+            raise DivergenceError(f"client {i}: {err}") from None
+
+    def _read(self, round_number: int, i: int, method: str, dropped: list[dict], use: Any, *args: Any) -> Any:
+        """``use(*args)`` on client ``i``'s reply to ``method``; None (and ``i`` dropped) when malformed."""
+        return guarded(self.clients.dropped, dropped, round_number, i, method, use, *args)
 
     def _call(
         self, round_number: int, i: int, method: str, payload: bytes, dropped: list[dict]

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers import logging as hf_logging
 
@@ -170,6 +171,8 @@ def _from_pretrained(loader: type, name: str, **kwargs: object):
             if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or Path(name).exists():
                 raise
             return loader.from_pretrained(name, **kwargs)  # online users: the ordinary download
+    except SafetensorError as err:
+        raise ModelError(f"model '{name}': a weights file is damaged ({_first_line(err)})") from None
     except (OSError, ValueError) as err:
         raise ModelError(
             f"model '{name}' cannot be loaded: not a local model folder, not in the Hugging Face cache, "

@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from splitft.errors import ConfigError
+from splitft.errors import DataError
+from splitft.files import load_tensors, read_json_object
 from splitft.report.rundir import RunDirectory
 from splitft.wire.state import join_state, split_state
 
@@ -38,14 +39,22 @@ def save(run: RunDirectory, state: dict[str, Any]) -> None:
     run.write_folder(FOLDER, fill)
 
 
+def exists(run: RunDirectory) -> bool:
+    """Whether the run saved a checkpoint (a run killed in its first round has none)."""
+    return (run.folder(FOLDER) / "state.json").exists()
+
+
 def load(run: RunDirectory) -> dict[str, Any]:
-    """The state :func:`save` wrote last (tensors on the CPU)."""
+    """The state :func:`save` wrote last (tensors on the CPU); DataError naming the file when
+    it is damaged."""
     folder = run.folder(FOLDER)
-    if not (folder / "state.json").exists():
-        raise ConfigError(f"--resume {run.path}: no checkpoint/ found (was the run started by this version?)")
+    rest = read_json_object(folder / "state.json", "checkpoint file", keys=("round", "loop", "fit"))
+    tensors = load_tensors(folder / "tensors.safetensors", "checkpoint file")
+    if type(rest["round"]) is not int or rest["round"] < 1:
+        raise DataError(f"checkpoint file {folder / 'state.json'} is damaged: round = {rest['round']!r}")
     try:
-        rest = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "tensors.safetensors"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--resume {run.path}: the checkpoint cannot be read ({err})") from None
-    return join_state(tensors, rest)
+        return join_state(tensors, rest)
+    except (AttributeError, TypeError) as err:  # a tensor path runs through a non-table value
+        raise DataError(
+            f"checkpoint {folder} is damaged: its tensors do not fit state.json ({err})"
+        ) from None

@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from transformers import AutoConfig
 
 from splitft.algorithms.policy import resolve_cuts
 from splitft.config import Config
 from splitft.data.prepare import PreparedData, prepare_data
 from splitft.data.tokenize import TokenizedDataset, pad_id_of
-from splitft.errors import ConfigError
+from splitft.errors import ConfigError, ModelError
 from splitft.methods.base import Method
-from splitft.model.loading import load_model, load_tokenizer
+from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, Adapters, attach_lora, initial_adapters
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
@@ -57,6 +58,32 @@ class SharedModel:
     initial: Adapters
     """The freshly initialised global adapter set (LoRA's A random from the seed, B zero)."""
     pad_id: int
+
+
+def model_depth(name: str) -> int | None:
+    """Decoder blocks of model ``name`` from its config alone (None when that needs the
+    network or the name is bad: loading then reports it)."""
+    if name == SMOLLM2:
+        return SMOLLM2_ARCH["num_hidden_layers"]
+    try:
+        if name.startswith("tiny:"):
+            kwargs = dict(TINY_CONFIGS[name.removeprefix("tiny:")])
+            return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs).num_hidden_layers
+        return AutoConfig.from_pretrained(name, local_files_only=True).num_hidden_layers
+    except Exception:  # noqa: BLE001 - any failure: the model load gives the precise error
+        return None
+
+
+def check_model_shape(cfg: Config) -> None:
+    """``model.keep_layers`` and ``split.cuts`` against the model's depth, before anything slow
+    loads (so their error is the first and only line; the load checks them again)."""
+    depth = model_depth(cfg.model.name)
+    if depth is None:
+        return
+    keep = cfg.model.keep_layers
+    if keep and not 2 <= keep <= depth:
+        raise ModelError(f"model.keep_layers={keep} is outside 2..{depth} (the model has {depth} blocks)")
+    resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, keep or depth)
 
 
 def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
@@ -129,6 +156,7 @@ def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resolve_device(cfg.device)  # before anything slow
+    check_model_shape(cfg)
     method = METHODS.get(cfg.method)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     if prepare is None:

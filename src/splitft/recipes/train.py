@@ -24,14 +24,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from splitft.config import Config
-from splitft.errors import ConfigError
+from splitft.errors import ConfigError, DataError, DivergenceError, SplitFTError
 from splitft.methods.base import RoundLoop
 from splitft.recipes import checkpoint
 from splitft.recipes.evaluate import EvalResult, evaluate
 from splitft.recipes.experiment import Experiment, local_runtime, setup
+from splitft.recipes.generate import score_generation
 from splitft.recipes.outputs import export_run_adapters, metrics_row, summarize
 from splitft.report.plots import plot_run
 from splitft.report.rundir import RunDirectory
+from splitft.report.tensorboard import TensorBoardLog
 from splitft.runtime.base import Runtime
 
 Connect = Callable[[Experiment], Runtime | None]
@@ -94,22 +96,30 @@ def fit(
     progress_bar: bool = True,
     resume: bool = False,
     on_resumed: Callable[[], None] | None = None,
+    start: tuple[int, Progress] | None = None,
 ) -> RunResult:
     """Run every round, evaluate, and write metrics, plots, adapters, checkpoints and the summary.
 
     With ``resume``, the loop is first restored from the run's checkpoint and continues with
-    the next round (metrics of rounds after the checkpoint, if any, are dropped).
+    the next round (metrics of rounds after the checkpoint, if any, are dropped); ``start``
+    is what :func:`_restore` already returned.
     """
     cfg = exp.cfg
-    if resume:
-        first, progress = _restore(run, loop, on_resumed)
+    if resume and start is None:
+        start = _restore(run, loop, on_resumed)
+    if start is not None:
+        first, progress = start
     else:
         first, progress = 1, Progress(_score(exp, exp.initial, exp.data.test))  # the base model
     wall_offset, started = progress.wall_s, time.perf_counter()
+    board = TensorBoardLog(run.path) if cfg.eval.tensorboard else None
     rounds = cfg.federation.rounds
     bar = tqdm(range(first, rounds + 1), desc="rounds", unit="round", disable=not progress_bar)
     for round_number in bar:
-        result = loop.run_round(round_number)
+        try:
+            result = loop.run_round(round_number)
+        except DivergenceError as err:  # stop: the checkpoint of the last round is the last good state
+            raise DivergenceError(f"round {round_number}: {err}") from None
         row = metrics_row(exp, result)
         postfix = {"loss": "-" if result.train_loss is None else f"{result.train_loss:.3f}"}
         if round_number % cfg.eval.every == 0 or round_number == rounds:
@@ -118,31 +128,68 @@ def fit(
         bar.set_postfix(postfix)
         row["wall_s"] = progress.wall_s = round(wall_offset + time.perf_counter() - started, 3)
         run.append_metrics(row)
+        if board is not None:
+            board.log(row)
         checkpoint.save(run, {"round": round_number, "loop": loop.state_dict(), "fit": progress.state_dict()})
+    if board is not None:
+        board.close()
     run.write_folder("adapter", lambda p: export_run_adapters(exp, loop.global_adapters, p))
     metrics = run.read_metrics()
     plot_run(metrics, run.path)
     wall_s = wall_offset + time.perf_counter() - started
     summary = summarize(exp, metrics, progress.final_test, progress.best["round"], wall_s)
     summary.update(initial_test_ppl=progress.initial.ppl, initial_test_acc=progress.initial.acc)
+    if cfg.eval.generation_metrics:
+        summary["generation"] = _generation(exp, loop, run)
     run.write_json("summary.json", summary)
     return RunResult(run.path, summary, metrics)
+
+
+def _generation(exp: Experiment, loop: RoundLoop, run: RunDirectory) -> dict[str, Any]:
+    """Generation metrics of the final global adapters on the seeded test-prompt subset."""
+    e = exp.cfg.eval
+    return score_generation(
+        exp.peft_model,
+        loop.global_adapters,
+        exp.tokenizer,
+        exp.data.test_samples,
+        e.generation_metrics,
+        e.generation_samples,
+        e.max_new_tokens,
+        exp.cfg.seed,
+        e.batch_size,
+        run.path / "generations.jsonl",
+    )
 
 
 def _restore(
     run: RunDirectory, loop: RoundLoop, on_resumed: Callable[[], None] | None
 ) -> tuple[int, Progress]:
-    """Load the checkpoint into ``loop``; the first round to run and the fit's progress."""
+    """Load the checkpoint into ``loop``; the first round to run and the fit's progress.
+
+    Everything is read and checked before anything on disk changes: a damaged checkpoint or
+    metrics file is one DataError and leaves the run as it was.
+    """
     state = checkpoint.load(run)
-    loop.load_state_dict(state["loop"])
+    rows = run.read_metrics(drop_partial_last=True)  # a row cut short belongs to an unsaved round
+    try:
+        loop.load_state_dict(state["loop"])
+        progress = Progress.from_state_dict(state["fit"])
+    except SplitFTError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        folder = run.folder(checkpoint.FOLDER)
+        raise DataError(f"checkpoint {folder} is damaged: {type(err).__name__}: {err}") from None
     if on_resumed:
         on_resumed()  # e.g. record the new round count, only once the checkpoint loaded
-    run.keep_metrics_until(state["round"])
-    return state["round"] + 1, Progress.from_state_dict(state["fit"])
+    run.write_metrics([row for row in rows if row["round"] <= state["round"]])
+    return state["round"] + 1, progress
 
 
 @contextlib.contextmanager
 def _failure_marker(run: RunDirectory) -> Iterator[None]:
+    """Write ``FAILED`` with the reason when the run stops on an error (if the folder still
+    takes writes: a read-only folder or a full disk may be the error itself)."""
     try:
         yield
     except BaseException as err:
@@ -206,13 +253,16 @@ def resume(
     cfg = resume_config(run_dir, overrides)
     exp = setup(cfg)
     loop = exp.method.make_loop(exp, connect(exp))
-    run.clear_failure()
+
+    def resumed() -> None:
+        cfg.to_toml(run.path / "config.toml")
+        run.clear_failure()
+
+    if checkpoint.exists(run):
+        start = _restore(run, loop, resumed)
+    else:  # killed before its first checkpoint: the run starts again, in place
+        resumed()
+        run.write_metrics([])
+        start = None
     with _failure_marker(run):
-        return fit(
-            exp,
-            loop,
-            run,
-            progress_bar=progress,
-            resume=True,
-            on_resumed=lambda: cfg.to_toml(run.path / "config.toml"),
-        )
+        return fit(exp, loop, run, progress_bar=progress, start=start)

@@ -13,7 +13,6 @@ run side by side: the plot to read when there are too many runs for overlaid cur
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import matplotlib
 
 from splitft.config import Config
 from splitft.errors import ConfigError, DataError
+from splitft.files import read_json_object
 from splitft.registry import METHODS
 from splitft.report.rundir import RunDirectory
 
@@ -86,18 +86,13 @@ def _read_run(path: Path, allow_incomplete: bool) -> _Run:
     run = RunDirectory(path)
     if not run.metrics_path.is_file():
         raise DataError(f"{path} has no metrics.jsonl: not a run directory of `splitft train`")
-    try:
-        metrics = run.read_metrics()
-    except json.JSONDecodeError as e:
-        raise DataError(f"{run.metrics_path}: line {e.lineno} is not valid JSON") from None
+    # A damaged line is a DataError naming it; a run still going (or killed) may be mid-row.
+    metrics = run.read_metrics(drop_partial_last=allow_incomplete)
     if not metrics:
         raise DataError(f"{run.metrics_path} holds no rounds")
     summary_path = path / "summary.json"
     if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError:
-            raise DataError(f"{summary_path} is not valid JSON") from None
+        summary = read_json_object(summary_path, "summary file")
     elif allow_incomplete:
         summary = None
     else:

@@ -18,14 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from splitft.errors import ConfigError
+from splitft.files import default_mode, read_jsonl, remove_leftovers, write_atomic
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+__all__ = ["RunDirectory", "write_atomic"]
 
 
 class RunDirectory:
@@ -36,9 +31,13 @@ class RunDirectory:
     def create(cls, path: str | Path) -> RunDirectory:
         """A new, empty run directory; refuses a folder that already holds files."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        # Only temporaries of a run killed before it wrote anything: as good as empty.
+        if path.exists() and (not path.is_dir() or any(not p.name.startswith(".") for p in path.iterdir())):
+            hint = (
+                "; to continue a run stopped there, use --resume" if (path / "config.toml").exists() else ""
+            )
             raise ConfigError(
-                f"--out {path} already exists and is not empty; choose a new folder (nothing was changed)"
+                f"--out {path} already exists and is not empty; choose a new folder (nothing was changed){hint}"
             )
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -51,14 +50,15 @@ class RunDirectory:
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self, drop_partial_last: bool = False) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl`` (DataError naming the line when one is damaged; with
+        ``drop_partial_last``, a last row cut short by a kill is left out)."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics_path, drop_partial_last)
 
-    def keep_metrics_until(self, round_number: int) -> None:
-        """Drop rows after ``round_number`` (a round that finished after the last checkpoint)."""
-        rows = [row for row in self.read_metrics() if row["round"] <= round_number]
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``rows`` (resuming: the rounds the checkpoint holds)."""
         write_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def clear_failure(self) -> None:
@@ -73,8 +73,14 @@ class RunDirectory:
         The swap is two renames (a folder cannot replace a non-empty one in one step); a
         crash between them leaves only ``.<name>.old``, which :meth:`folder` then returns.
         """
-        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{name}."))
-        fill(tmp)
+        remove_leftovers(self.path, f".{name}.tmp")  # of a write killed before its swap
+        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{name}.tmp"))
+        try:
+            tmp.chmod(default_mode(folder=True))
+            fill(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         target, old = self.path / name, self.path / f".{name}.old"
         if target.exists():
             if old.exists():  # left by a crash after the swap, before the clean-up
@@ -89,5 +95,11 @@ class RunDirectory:
         target, old = self.path / name, self.path / f".{name}.old"
         return old if not target.exists() and old.exists() else target
 
-    def mark_failed(self, reason: str) -> None:
-        write_atomic(self.path / "FAILED", reason.rstrip() + "\n")
+    def mark_failed(self, reason: str) -> bool:
+        """Write ``FAILED`` with ``reason``; False when the folder cannot take it (a read-only
+        folder, a full disk: the failure being reported may be exactly that)."""
+        try:
+            write_atomic(self.path / "FAILED", reason.rstrip() + "\n")
+        except OSError:
+            return False
+        return True

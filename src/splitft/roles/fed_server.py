@@ -18,7 +18,8 @@ import torch
 from splitft.algorithms.aggregation import Contribution, merge
 from splitft.algorithms.lowrank import canonicalize
 from splitft.model.lora import AdapterLayout, Adapters, lora_pairs
-from splitft.wire.messages import add_to, read, read_adapters
+from splitft.wire import checks
+from splitft.wire.messages import add_to, read
 
 
 class FedServer:
@@ -35,13 +36,15 @@ class FedServer:
         return self._global
 
     def contribution(self, payload: bytes, ranks: Mapping[str, int]) -> Contribution:
-        """Decode one client's upload; its weight is its number of training samples. A delta
-        upload is the change since the client's download, added here to the round's start."""
+        """Decode and check one client's upload (ReplyError or CodecError when malformed); its
+        weight is its number of training samples. A delta upload is the change since the client's
+        download, added here to the round's start."""
         message = read(payload)
-        tensors = read_adapters(message, self.layout)
+        samples = checks.number(message.get("control"), "samples", integer=True, minimum=1)
+        tensors = checks.adapters(message, self.layout, ranks)
         if message["control"].get("delta"):
             tensors = add_to(self._global, tensors)
-        return Contribution(float(message["control"]["samples"]), tensors, ranks)
+        return Contribution(float(samples), tensors, ranks)
 
     def merge(self, client_side: Sequence[Contribution], server_side: Sequence[Contribution] = ()) -> float:
         """Add both sides' changes against the current set (``fedavg`` or ``svd``); returns the

@@ -20,9 +20,9 @@ from splitft.config import Config
 from splitft.config_codec import client_format
 from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
 from splitft.model.split import SplitModel, token_stats
+from splitft.wire.checks import smashed
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.feedback import ErrorFeedback
-from splitft.wire.messages import read
 from splitft.wire.quantize import decode_value
 
 
@@ -52,6 +52,7 @@ class MainServer:
         self.cfg = cfg
         self.total_steps = cfg.federation.rounds * cfg.federation.local_steps
         self.copies: dict[int, _ServerCopy] = {}
+        self.vocab_size = model.model.get_output_embeddings().weight.shape[0]
         self.feedback = ErrorFeedback()
         """Gradients at the cut in a lossy format: each client's residual not yet sent."""
 
@@ -77,6 +78,16 @@ class MainServer:
         optimizer.reset(n for n, r in ranks.items() if old_ranks.get(n, r) != r)
         return copy
 
+    def start_round(self, global_adapters: Adapters, reset_all: bool = False) -> None:  # noqa: B027
+        """Before any client's :meth:`begin_round` (a hook: per-client copies load per client)."""
+
+    def canonicalized(self, names: Iterable[str]) -> None:  # noqa: B027
+        """The fed server rewrote ``names`` in a new basis (per-client copies are reset per client)."""
+
+    def _params_for(self, copy: _ServerCopy) -> dict[str, torch.Tensor]:
+        """The adapter tensors a step of ``copy`` runs with (and trains)."""
+        return copy.params
+
     def begin_round(
         self,
         client_id: int,
@@ -96,8 +107,8 @@ class MainServer:
     def score(self, client_id: int, payload: bytes, global_adapters: Adapters) -> StepStats:
         """Loss and accuracy of the global adapters from a client's held-out smashed data."""
         copy = self.copies[client_id]
-        message = read(payload)
-        if "hidden" not in message:
+        message = smashed(payload, self.model.embed_dim, self.vocab_size, optional=True)
+        if not message:
             return StepStats(0.0, 0, 0)
         device = self.model.device
         # The global set as this client's copy holds it (its first block at rank r_cut), so the
@@ -119,13 +130,13 @@ class MainServer:
     def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
         """Forward + backward from the client's smashed data; returns the gradient message."""
         copy = self.copies[client_id]
-        message = read(payload)
+        message = smashed(payload, self.model.embed_dim, self.vocab_size)  # ReplyError: drop the client
         device = self.model.device
         # The server computes on exactly what it decoded.
         hidden = decode_value(message["hidden"]).to(device, torch.float32).requires_grad_(True)
         mask = message["attention_mask"].to(device, torch.long)
         labels = message["labels"].to(device, torch.long)
-        logits = self.model.server_forward(copy.cut, hidden, mask, copy.params)
+        logits = self.model.server_forward(copy.cut, hidden, mask, self._params_for(copy))
         loss_sum, tokens, correct = token_stats(logits, labels)
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)

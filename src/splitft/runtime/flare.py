@@ -20,9 +20,7 @@ served one at a time by construction (clients never call the server).
 from __future__ import annotations
 
 import os
-import signal
 import threading
-import tomllib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 from nvflare.collab import collab
 
 from splitft.config import Config
+from splitft.config_io import load_toml
 from splitft.data.prepare import prepare_client_data
 from splitft.errors import ConfigError
 from splitft.model.loading import load_tokenizer
@@ -42,7 +41,7 @@ from splitft.wire.messages import control, read
 
 SITE_CONFIG_ENV = "SPLITFT_SITE_CONFIG"
 """On a production site: path of the site's TOML (data_path, device)."""
-SITE_KEYS = ("data_path", "device", "fail_on")
+SITE_KEYS = ("data_path", "device")
 CLIENT_METHODS = frozenset(
     {
         "begin_round",
@@ -74,10 +73,9 @@ def read_site_config(path: str | os.PathLike[str]) -> dict[str, str]:
     """A site TOML: ``data_path`` (this site's training file; '' = its partition of the job's
     corpus) and ``device`` (its tier for the virtual clock; '' = the job's)."""
     try:
-        with open(path, "rb") as handle:
-            values = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"site config {path}: {err}") from None
+        values = load_toml(path)
+    except ConfigError as err:
+        raise ConfigError(f"site config: {err}") from None
     unknown = sorted(set(values) - set(SITE_KEYS))
     if unknown:
         raise ConfigError(f"site config {path}: unknown keys {unknown}; allowed: data_path, device")
@@ -233,12 +231,6 @@ class SplitFTSite:
         if method not in CLIENT_METHODS:
             raise RuntimeError(f"site {self.name}: unknown method {method!r}")
         self.calls[method] += 1
-        # Test hook, 'method:n[:kill]': the n-th call of method raises (or the process dies).
-        fail_method, nth, how = (self.site["fail_on"].split(":") + ["", ""])[:3]
-        if method == fail_method and self.calls[method] == int(nth or 1):
-            if how == "kill":  # a crashed host, as the server sees it
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError(f"site {self.name}: injected failure at {method} call {self.calls[method]}")
         return getattr(self.client, method)(payload)
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from splitft.config import CLOCK_ORDERS as ORDERS
+from splitft.choices import CLOCK_ORDERS as ORDERS
 from splitft.errors import ConfigError
 from splitft.sim.costs import (
     ADAPTER_BYTES_PER_PARAM,
@@ -146,6 +146,7 @@ class _Client:
         self.latency = d.latency_s + server.latency_s
         self.up_bps, self.down_bps = min(d.up_bps, server.down_bps), min(server.up_bps, d.down_bps)
         self.start = self.t = start
+        self.jobs = 0  # server jobs served so far
 
     def compute(self, flops: float) -> None:
         seconds = flops / self.work.device.flops
@@ -173,6 +174,7 @@ class _Client:
 
     def served(self, arrival: float, start: float, end: float) -> bool:
         """Account a server job that ran [start, end); False when it was the client's last."""
+        self.jobs += 1
         self.time.wait_s += start - arrival
         self.time.server_s += end - start
         self.t = end
@@ -184,8 +186,14 @@ class _Client:
         return True
 
 
-def _run(server: DeviceProfile, clients: dict[int, _Client], server_free: float) -> float:
-    """Run ``clients`` to completion, the server idle from ``server_free``; its busy seconds."""
+def _run(
+    server: DeviceProfile, clients: dict[int, _Client], server_free: float, in_order: bool = False
+) -> float:
+    """Run ``clients`` to completion, the server idle from ``server_free``; its busy seconds.
+
+    The server serves jobs FIFO by arrival, or with ``in_order`` in the loop's serving order:
+    every client's first job in client order, then every second job, ... (one shared
+    server-side adapter set must see the steps in the order they are applied)."""
     busy = 0.0
     pending: dict[int, tuple[float, float]] = {}
     for i, client in clients.items():
@@ -197,7 +205,7 @@ def _run(server: DeviceProfile, clients: dict[int, _Client], server_free: float)
     while pending:
         # Every client not done has its next arrival here (computed as soon as its previous
         # job ended), so the earliest one is the next job in FIFO order.
-        i = min(pending, key=lambda c: (pending[c][0], c))
+        i = min(pending, key=lambda c: (clients[c].jobs, c) if in_order else (pending[c][0], c))
         arrival, flops = pending.pop(i)
         start = max(arrival, server_free)
         server_free = start + flops / server.flops
@@ -211,14 +219,16 @@ def simulate_round(
     server: DeviceProfile,
     clients: Mapping[int, ClientWork] | Sequence[ClientWork],
     order: str = "parallel",
+    in_order: bool = False,
 ) -> RoundTiming:
-    """Times of one round; ``clients`` maps client index -> work (a sequence: indices 0..n-1)."""
+    """Times of one round; ``clients`` maps client index -> work (a sequence: indices 0..n-1);
+    ``in_order``: the server serves in client order, not FIFO (see :func:`_run`)."""
     if order not in ORDERS:
         raise ConfigError(f"clock order must be one of {', '.join(ORDERS)} (got {order!r})")
     works = dict(clients) if isinstance(clients, Mapping) else dict(enumerate(clients))
     if order == "parallel":
         state = {i: _Client(w, server, 0.0) for i, w in sorted(works.items())}
-        busy = _run(server, state, 0.0)
+        busy = _run(server, state, 0.0, in_order)
     else:
         state, busy, t = {}, 0.0, 0.0
         for i, w in sorted(works.items()):
@@ -272,6 +282,7 @@ def predict_round(
     heldout_samples: int = 0,
     adapted_per_block: Projections | None = None,
     server_r_cut: int | None = None,
+    in_order: bool = False,
     formats: Sequence[tuple[str, str | None, str]] | None = None,
 ) -> RoundTiming:
     """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``
@@ -298,4 +309,4 @@ def predict_round(
         on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut)
         per_param = ADAPTER_BYTES_PER_PARAM[adapters]
         works.append(ClientWork.from_costs(device, costs, steps, on_server, on_client, per_param))
-    return simulate_round(server, works, order)
+    return simulate_round(server, works, order, in_order)

@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from splitft.config import WIRE_DTYPES
-from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, cut_format_ok
+from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, cut_format_ok
 from splitft.errors import ConfigError, ModelError
 from splitft.sim.devices import DeviceProfile
 from splitft.wire.quantize import GROUP, wire_size

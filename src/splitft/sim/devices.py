@@ -35,8 +35,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
-from splitft.config import DEVICE_PRESETS as PRESETS
-from splitft.config import DEVICE_TIERS, SERVER_LOADS
+from splitft.choices import DEVICE_PRESETS as PRESETS
+from splitft.choices import DEVICE_TIERS, SERVER_LOADS
 from splitft.errors import ConfigError
 
 MiB = 2**20

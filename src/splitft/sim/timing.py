@@ -47,6 +47,8 @@ class RoundTimer:
         ``heldout_samples``: sequences each client scores per round for its policy (0: none)."""
         self.cfg = cfg
         self.heldout_samples = heldout_samples
+        self.in_order = cfg.split.server_adapters == "shared"
+        """One shared server-side set: the server serves steps in client order (roles/shared_server.py)."""
         self.shape = ModelShape.from_hf_config(model_config)
         n = cfg.federation.num_clients
         self.devices: list[DeviceProfile] = parse_profiles(cfg.devices.clients or cfg.devices.preset, n)
@@ -103,6 +105,7 @@ class RoundTimer:
             server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
             heldout_samples=self.heldout_samples,
+            in_order=self.in_order,
             formats=self.formats,
         )
 
@@ -148,7 +151,7 @@ class RoundTimer:
                 eval_flops=eval_server,
                 eval_client_flops=eval_client,
             )
-        return simulate_round(self.server, works, cfg.devices.order)
+        return simulate_round(self.server, works, cfg.devices.order, self.in_order)
 
     def _whole_model_flops(self, shapes: Sequence[Sequence[int]]) -> float:
         ranks = [self.cfg.lora.r_others] * self.shape.num_blocks

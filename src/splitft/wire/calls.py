@@ -7,13 +7,16 @@ job and is recorded with its round and method.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+from splitft.errors import CodecError, ReplyError
 from splitft.runtime.base import CallFailure, Runtime
 from splitft.wire.codec import bytes_by_kind
 from splitft.wire.ledger import ByteLedger
 from splitft.wire.messages import control, read_state, state_message
+
+T = TypeVar("T")
 
 
 def client_role(client_id: int) -> str:
@@ -36,15 +39,40 @@ def counted_call(
     method: str,
     payload: bytes,
 ) -> bytes | None:
-    """Call ``method`` of client ``client_id``; its reply, or None when the call failed (the
-    client is then added to ``dropped`` and the failure appended to ``drops``)."""
+    """Call ``method`` of client ``client_id``; its reply, or None when the call failed or the
+    reply is not a well-formed message (the client is then added to ``dropped`` and the
+    failure appended to ``drops``)."""
     result = runtime.call(client_role(client_id), method, payload)
     ledger.record(round_number, client_id, "down", bytes_by_kind(payload))
     if isinstance(result, CallFailure):
         drops.append(drop_report(dropped, client_id, round_number, method, result.error))
         return None
-    ledger.record(round_number, client_id, "up", bytes_by_kind(result))
+    try:
+        counts = bytes_by_kind(result)
+    except CodecError as err:  # it still crossed the wire: counted whole, as framing
+        ledger.record(round_number, client_id, "up", {"control": len(result)})
+        drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
+        return None
+    ledger.record(round_number, client_id, "up", counts)
     return result
+
+
+def guarded(
+    dropped: set[int],
+    drops: list[dict],
+    round_number: int,
+    client_id: int,
+    method: str,
+    use: Callable[..., T],
+    *args: Any,
+) -> T | None:
+    """``use(*args)`` (which reads a client's reply), or None when the reply is malformed: the
+    client is then dropped for the rest of the job, like a failed call, with the reason."""
+    try:
+        return use(*args)
+    except (CodecError, ReplyError) as err:
+        drops.append(drop_report(dropped, client_id, round_number, method, f"malformed reply: {err}"))
+        return None
 
 
 class Clients:
@@ -85,8 +113,16 @@ class Clients:
         """Who was dropped, and every other client's own ``state_dict()``."""
         states = {}
         for i in self.alive():
-            if (reply := self._uncounted(i, "export_state", control())) is not None:
-                states[str(i)] = read_state(reply)
+            reply = self._uncounted(i, "export_state", control())
+            state = (
+                None
+                if reply is None
+                else guarded(
+                    self.dropped, self._late, self.round, i, "export_state", lambda r=reply: read_state(r)
+                )
+            )
+            if state is not None:
+                states[str(i)] = state
         return {"round": self.round, "dropped": sorted(self.dropped), "states": states}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from splitft.config import WIRE_DTYPES as WIRE_DTYPE_NAMES
+from splitft.config_codec import WIRE_DTYPES as WIRE_DTYPE_NAMES
 from splitft.errors import CodecError
 
 KINDS = ("activations", "gradients", "labels", "adapters", "control")
@@ -62,6 +62,13 @@ _NAME_LEN = struct.Struct("<H")
 _ENTRY_HEAD = struct.Struct("<BBQ")  # kind code, value type, payload length
 _CRC = struct.Struct("<I")
 _TENSOR, _JSON = 1, 2
+
+# Bounds on what a decoder accepts, whatever a (CRC-valid) header claims: no payload of
+# SplitFT has more than 4 dimensions, a dimension beyond 2**31 or a deeply nested record.
+MAX_NDIM = 8
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**34
+MAX_JSON_DEPTH = 32
 
 
 def tensor_header_size(ndim: int) -> int:
@@ -121,8 +128,15 @@ def decode_tensor(buf: bytes | bytearray | memoryview) -> torch.Tensor:
     if flags & ~_SCALED:
         raise CodecError(f"unknown tensor flags {flags:#x}")
     dtype = _DTYPES[code]
+    if ndim > MAX_NDIM:
+        raise CodecError(f"tensor has {ndim} dimensions; at most {MAX_NDIM} are allowed")
     _need(mv, _TENSOR_FIXED.size, 8 * ndim)
     shape = struct.unpack_from(f"<{ndim}Q", mv, _TENSOR_FIXED.size)
+    # Bounded even when the product is 0: torch overflows on a huge dimension next to a zero one.
+    if any(d > MAX_DIM for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise CodecError(
+            f"tensor shape {list(shape)} is out of bounds (dims <= {MAX_DIM}, <= {MAX_ELEMENTS} elements)"
+        )
     offset, nbytes = tensor_header_size(ndim), math.prod(shape) * dtype.itemsize
     _need(mv, offset, nbytes)
     if len(mv) != offset + nbytes:
@@ -132,7 +146,10 @@ def decode_tensor(buf: bytes | bytearray | memoryview) -> torch.Tensor:
     flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
     if dtype == torch.bool and flat.numel() and int(flat.max()) > 1:
         raise CodecError("bool tensor holds bytes other than 0 and 1")
-    t = flat.view(dtype).reshape(shape)
+    try:
+        t = flat.view(dtype).reshape(shape)
+    except (RuntimeError, ValueError) as err:  # a last guard: the bounds above should leave none
+        raise CodecError(f"tensor of shape {list(shape)} cannot be rebuilt: {err}") from None
     if flags & _SCALED:
         if dtype != torch.float16 or not (math.isfinite(scale) and scale > 0):
             raise CodecError(f"invalid scaled tensor: dtype {dtype}, scale {scale}")
@@ -236,11 +253,32 @@ def decode_message(data: bytes | bytearray | memoryview) -> dict[str, torch.Tens
         if vtype == _TENSOR:
             out[name] = decode_tensor(payload)
             continue
-        try:
-            out[name] = json.loads(bytes(payload))
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
-            raise CodecError(f"entry {name!r}: control value is not valid JSON") from None
+        out[name] = _decode_json(name, payload)
     return out
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not allowed")
+
+
+def _decode_json(name: str, payload: memoryview) -> JSONValue:
+    """A control value: strict JSON (no NaN or Infinity), nested at most MAX_JSON_DEPTH deep."""
+    try:
+        value = json.loads(bytes(payload), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # Unicode and JSON decode errors are ValueErrors
+        raise CodecError(f"entry {name!r}: control value is not valid JSON ({type(err).__name__})") from None
+    level, depth = [value], 0
+    while level:  # breadth-first, so a deep value cannot exhaust the stack here either
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise CodecError(f"entry {name!r}: control value is nested deeper than {MAX_JSON_DEPTH}")
+        level = [
+            c
+            for v in level
+            if isinstance(v, (dict, list))
+            for c in (v.values() if isinstance(v, dict) else v)
+        ]
+    return value
 
 
 def bytes_by_kind(data: bytes | bytearray | memoryview) -> dict[str, int]:

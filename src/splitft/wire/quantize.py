@@ -35,9 +35,8 @@ import struct
 
 import torch
 
-from splitft.config import WIRE_DTYPES
-from splitft.config_codec import topk_fraction
-from splitft.errors import CodecError
+from splitft.config_codec import WIRE_DTYPES, topk_fraction
+from splitft.errors import NON_FINITE, CodecError
 from splitft.wire.codec import WIRE_DTYPES as CAST_DTYPES
 from splitft.wire.codec import tensor_header_size
 
@@ -58,7 +57,7 @@ def is_packed(spec: str) -> bool:
 def check_finite(t: torch.Tensor, what: str = "tensor") -> None:
     """A NaN or infinity must never be sent: raise CodecError instead."""
     if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-        raise CodecError(f"{what} holds NaN or infinity; refusing to send it")
+        raise CodecError(f"{what} {NON_FINITE}; refusing to send it")
 
 
 def _int_group(spec: str, shape: torch.Size | tuple[int, ...]) -> int:
