@@ -1,11 +1,12 @@
 """The compression trade-off table and Pareto plot of docs/results.md ("Compression").
 
-    python scripts/compression_report.py runs/cpu/compression [docs/img/compression-pareto.png]
+    python scripts/compression_report.py runs/cpu/compression [docs/img/compression-pareto.png] [LABEL=MB ...]
 
 Reads every ``<setting>-s<seed>/summary.json`` that scripts/compression_runs.sh wrote and
 prints one Markdown row per setting: final test perplexity (mean and spread over the seeds
 run), MB by kind, the ratios to fp32, and the mean virtual round time; then plots final
-perplexity against total MB, marking the Pareto front.
+perplexity against total MB, marking the Pareto front. ``LABEL=MB`` marks a setting whose
+traffic is known but whose perplexity was not measured, as a vertical line.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def table(rows: list[dict], fp32_ppl: float) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], out: Path) -> None:
+def plot(rows: list[dict], out: Path, marks: dict[str, float]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     front = sorted(rows, key=lambda r: r["total_mb"])
     best, pareto = float("inf"), []
@@ -97,6 +98,8 @@ def plot(rows: list[dict], out: Path) -> None:
             capsize=4,
             label=LABELS.get(r["name"], r["name"]),
         )
+    for label, mb in marks.items():
+        ax.axvline(mb, linestyle=":", color="black", label=f"{label}: {mb:.1f} MB (ppl not measured)")
     ax.set_xscale("log")
     ax.set_xlabel("total MB over the run (both directions, every kind)")
     ax.set_ylabel("final test perplexity (mean of seeds)")
@@ -118,7 +121,8 @@ def main(argv: list[str]) -> int:
     for r in rows:
         seeds = [round(s["final_test_ppl"]) for s in runs[r["name"]]]
         print(f"{r['name']}: per seed {seeds}; bytes equal over seeds: {r['same_bytes']}")
-    plot(rows, Path(argv[1]) if len(argv) > 1 else root / "compression-pareto.png")
+    marks = {label: float(mb) for label, _, mb in (m.rpartition("=") for m in argv[2:])}
+    plot(rows, Path(argv[1]) if len(argv) > 1 else root / "compression-pareto.png", marks)
     return 0
 
 

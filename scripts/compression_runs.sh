@@ -12,7 +12,7 @@ declare -A SETTINGS=(
   [int4]="--codec.activations int4 --codec.gradients topk:0.05 --codec.adapters delta-int4"
   [int2]="--codec.activations int4 --codec.gradients topk:0.02 --codec.adapters delta-int2"
 )
-ORDER="fp32:0 int4:0 int2:0 fp32:1 int4:1 rcut1:0 fp32:2 int4:2 int2:1 int2:2 int8:0 rcut1:1 rcut1:2 int8:1 int8:2"
+ORDER="fp32:0 int4:0 int2:0 fp32:1 int2:1 fp32:2 int2:2 int4:1 int4:2 rcut1:0 rcut1:1 rcut1:2 int8:0 int8:1 int8:2"
 for item in ${RUNS:-$ORDER}; do
   name=${item%%:*} seed=${item##*:}
   dir=$out/$name-s$seed

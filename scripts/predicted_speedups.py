@@ -13,7 +13,12 @@ from splitft.sim.devices import device_preset, server_profile
 from splitft.algorithms.policy import AllocationContext, best_resource_cuts
 from splitft.model.loading import smollm2_config
 
-SERVERS = [("idle (20 TFLOP/s)", "idle"), ("2 TFLOP/s", 2e12), ("busy (400 GFLOP/s)", "busy"), ("100 GFLOP/s", 1e11)]
+SERVERS = [
+    ("idle (20 TFLOP/s)", "idle"),
+    ("2 TFLOP/s", 2e12),
+    ("busy (400 GFLOP/s)", "busy"),
+    ("100 GFLOP/s", 1e11),
+]
 
 
 def smollm2(layers: int) -> ModelShape:

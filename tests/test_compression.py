@@ -305,3 +305,36 @@ def test_the_policy_predicts_with_the_configured_formats(compressed):
     for i in range(3):
         comm = compressed_time.breakdown[i].comm_s
         assert comm < fp32_time.breakdown[i].comm_s, i
+
+
+def test_a_client_that_missed_a_round_gets_whole_tensors(compressed):
+    """With 2 of 3 clients a round, a client sampled after a pause gets whole tensors (no
+    delta against what it held before), and still holds what the loop thinks it holds."""
+    exp, runtime = compressed
+    exp.cfg.federation.clients_per_round = 2
+    sent = []
+    call = runtime.call
+
+    def spy(target, method, payload):
+        if method == "begin_round":
+            meta = decode_message(payload)["control"]
+            sent.append((meta["round"], int(target.rsplit("-", 1)[1]), meta.get("delta")))
+        return call(target, method, payload)
+
+    runtime.call = spy
+    loop = exp.method.make_loop(exp, runtime)
+    taken: dict[int, list[int]] = {}
+    for r in (1, 2, 3, 4):
+        for i in loop.sample_clients(r):
+            taken.setdefault(i, []).append(r)
+        loop.run_round(r)
+    first = {}
+    for r, i, delta in sent:  # the first download of a round (the held-out check sends a second)
+        first.setdefault((r, i), delta)
+    returns = [(r, i) for (r, i) in first if i != 2 and r - 1 not in taken[i] and r > min(taken[i])]
+    assert returns  # the seeded sample makes a delta client sit a round out (client 2: fp32)
+    assert not any(first[key] for key in returns)
+    assert any(delta for *_, delta in sent)
+    for i in (0, 1):
+        held, client = loop.references[i]["tensors"], runtime.roles[f"client-{i}"]
+        assert all(torch.equal(t, client.reference[n]) for n, t in held.items())
