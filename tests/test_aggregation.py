@@ -1,4 +1,4 @@
-"""FedAvg of changes (design.md 2.3): weighted, per component, nothing decays."""
+"""FedAvg of changes (docs/architecture.md, D3): weighted, per component, nothing decays."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ B = "model.layers.0.self_attn.q_proj.lora_B.default.weight"  # (out, r)
 
 
 def test_weighted_mean_of_changes_is_added_to_the_start():
-    start = {A: torch.randn(4, 6)}
+    start = {A: torch.randn(4, 6, generator=torch.Generator().manual_seed(0))}
     one, two = start[A] + 1.0, start[A] - 2.0
     acc = ChangeAccumulator()
     acc.add(A, start[A], one, rank=4, weight=3.0)
     acc.add(A, start[A], two, rank=4, weight=1.0)
     merged = acc.apply(start)
-    assert torch.allclose(merged[A], start[A] + (3 * 1.0 + 1 * -2.0) / 4)
+    # (start + 1) - start is 1 only to float rounding: compare to that rounding, not bit for bit
+    assert torch.allclose(merged[A], start[A] + (3 * 1.0 + 1 * -2.0) / 4, atol=1e-6)
 
 
 def test_rank_cut_copy_changes_only_its_components_and_nothing_decays():

@@ -1,4 +1,4 @@
-"""Canonical LoRA form and the svd merge (design.md 2.3-2.4)."""
+"""Canonical LoRA form and the svd merge (docs/architecture.md, D3-D4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A split step computes exactly what the unsplit model computes (design.md 2.1)."""
+"""A split step computes exactly what the unsplit model computes (docs/architecture.md, "One split step")."""
 
 from __future__ import annotations
 

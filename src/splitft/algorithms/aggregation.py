@@ -8,9 +8,9 @@ tensor was trained at some rank (``r_cut`` for a cut block, else ``r_others``): 
 * ``fedavg`` (the paper): each client's change of each LoRA component (row of A, column of B)
   against the round's starting global is averaged with weights ``|D_i|``, normalised over the
   clients that trained *that component*, and added to the global. A component nobody trained
-  keeps its value, so nothing decays. The fed server and the main server each sum what they
-  hold (weighted changes and weights), and the main server merges both sums, so the joint
-  normalisation is exact.
+  keeps its value, so nothing decays. The client-side uploads and the main server's copies
+  are summed (weighted changes and weights) and the fed server, which owns the global set,
+  merges both sums, so the joint normalisation is exact.
 * ``svd``: per adapted module, the weighted mean change of the update ``B @ A`` is added to the
   start and the best rank-``r_others`` approximation is stored, in canonical form
   (``lowrank.svd_merge``): no cross-term error, only a truncation error, which is reported.
