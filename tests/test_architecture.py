@@ -26,19 +26,11 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _type_checking_block(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """Modules of the package that ``name`` imports anywhere (functions included), less imports
-    only a type checker sees."""
+    """Modules of the package that ``name`` imports anywhere (functions and ``TYPE_CHECKING``
+    blocks included: a cycle a type checker sees is a cycle in the design too)."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for block in ast.walk(tree) if _type_checking_block(block) for n in ast.walk(block)}
+    skip: set[int] = set()
     found: set[str] = set()
     is_package = path.name == "__init__.py"
     for node in ast.walk(tree):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from splitft.choices import (
     AGGREGATIONS,
@@ -27,8 +27,8 @@ from splitft.choices import (
 from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, cut_format_ok
 from splitft.registry import METHODS, POLICIES, RUNTIMES
 
-if TYPE_CHECKING:
-    from splitft.config import Config
+Config = Any
+"""A :class:`splitft.config.Config` (named, not imported: the config imports these rules)."""
 
 # fmt: off
 # Lowest allowed value of every bounded number field (0 where the docs give 0 a meaning).

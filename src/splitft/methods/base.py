@@ -18,15 +18,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from peft import PeftModel
 
 from splitft.algorithms.policy import Decision
+from splitft.config import Config
+from splitft.data.prepare import PreparedData
+from splitft.data.tokenize import TokenizedDataset
+from splitft.model.lora import AdapterLayout, Adapters
+from splitft.model.split import SplitModel
 from splitft.sim.clock import RoundTiming
+from splitft.sim.timing import RoundTimer
+from splitft.wire.ledger import ByteLedger
 
 if TYPE_CHECKING:
-    from splitft.config import Config
-    from splitft.data.tokenize import TokenizedDataset
-    from splitft.model.lora import Adapters
-    from splitft.recipes.experiment import Experiment, SharedModel
     from splitft.runtime.base import Runtime
 
 Rule = tuple[str, Callable[[Any], bool], str]
@@ -120,3 +124,53 @@ class Method(ABC):
     def uses_clients(self) -> bool:
         """Whether the server reaches clients through a runtime."""
         return True
+
+
+@dataclass
+class SharedModel:
+    """The frozen base model with its LoRA slots: what every role in one process shares (each
+    role keeps only its own adapter tensors and optimizer state)."""
+
+    peft_model: PeftModel
+    model: SplitModel
+    layout: AdapterLayout
+    initial: Adapters
+    """The freshly initialised global adapter set (LoRA's A random from the seed, B zero)."""
+    pad_id: int
+
+
+@dataclass
+class Experiment:
+    """The server side of a run, built and checked by :func:`splitft.recipes.experiment.setup`: what a method builds its roles and loop from."""
+
+    cfg: Config
+    method: Method
+    tokenizer: Any
+    shared: SharedModel
+    data: PreparedData
+    cuts: list[int]
+    """Starting cut of every client (split methods)."""
+    timer: RoundTimer
+    ledger: ByteLedger = field(default_factory=ByteLedger)
+    server: Any = None
+    """The method's server-side role (the main server, the pooled trainer), or None."""
+
+    @property
+    def model(self) -> SplitModel:
+        return self.shared.model
+
+    @property
+    def layout(self) -> AdapterLayout:
+        return self.shared.layout
+
+    @property
+    def peft_model(self) -> PeftModel:
+        return self.shared.peft_model
+
+    @property
+    def initial(self) -> Adapters:
+        return self.shared.initial
+
+    @property
+    def pad_id(self) -> int:
+        return self.shared.pad_id

@@ -16,7 +16,7 @@ import torch
 
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
-from splitft.methods.base import Method, RoundResult, sample_clients
+from splitft.methods.base import Experiment, Method, RoundResult, SharedModel, sample_clients
 from splitft.model.lora import Adapters
 from splitft.roles.fed_server import FedServer
 from splitft.roles.trainer import WholeModelTrainer, pool
@@ -28,7 +28,6 @@ from splitft.wire.messages import control, read
 
 if TYPE_CHECKING:
     from splitft.data.tokenize import TokenizedDataset
-    from splitft.recipes.experiment import Experiment, SharedModel
 
 
 class CentralizedLoop:

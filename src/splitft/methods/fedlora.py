@@ -18,7 +18,7 @@ from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
 from splitft.errors import ConfigError, DivergenceError, ReplyError, SplitFTError
-from splitft.methods.base import Method, RoundResult, sample_clients
+from splitft.methods.base import Experiment, Method, RoundResult, SharedModel, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, full_ranks
 from splitft.roles.fed_server import FedServer
 from splitft.roles.trainer import WholeModelTrainer
@@ -33,7 +33,6 @@ from splitft.wire.messages import adapter_entries, control, read
 
 if TYPE_CHECKING:
     from splitft.data.tokenize import TokenizedDataset
-    from splitft.recipes.experiment import Experiment, SharedModel
 
 
 class FedLoraLoop:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from splitft.config import Config
 from splitft.errors import ConfigError
-from splitft.methods.base import Method, Rule
+from splitft.methods.base import Experiment, Method, Rule, SharedModel
 from splitft.methods.split_loop import SplitRoundLoop
 from splitft.model.lora import copy_ranks
 from splitft.registry import POLICIES
@@ -25,7 +25,6 @@ from splitft.runtime.base import Runtime
 
 if TYPE_CHECKING:
     from splitft.data.tokenize import TokenizedDataset
-    from splitft.recipes.experiment import Experiment, SharedModel
 
 
 class SplitMethod(Method):

@@ -16,11 +16,9 @@ is created, so a bad run leaves nothing behind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import AutoConfig
 
 from splitft.algorithms.policy import resolve_cuts
@@ -28,16 +26,15 @@ from splitft.config import Config
 from splitft.data.prepare import PreparedData, prepare_data
 from splitft.data.tokenize import TokenizedDataset, pad_id_of
 from splitft.errors import ConfigError, ModelError
-from splitft.methods.base import Method
+from splitft.methods.base import Experiment, SharedModel
 from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
-from splitft.model.lora import AdapterLayout, Adapters, attach_lora, initial_adapters
+from splitft.model.lora import AdapterLayout, attach_lora, initial_adapters
 from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
 from splitft.runtime.inprocess import InProcessRuntime
 from splitft.sim.timing import RoundTimer
 from splitft.wire.calls import client_role
-from splitft.wire.ledger import ByteLedger
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,19 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-@dataclass
-class SharedModel:
-    """The frozen base model with its LoRA slots: what every role in one process shares (each
-    role keeps only its own adapter tensors and optimizer state)."""
-
-    peft_model: PeftModel
-    model: SplitModel
-    layout: AdapterLayout
-    initial: Adapters
-    """The freshly initialised global adapter set (LoRA's A random from the seed, B zero)."""
-    pad_id: int
 
 
 def model_depth(name: str) -> int | None:
@@ -113,43 +97,6 @@ def build_client(
 ):
     """Client ``index`` of ``cfg.method`` from its own data (the same on any runtime)."""
     return METHODS.get(cfg.method).build_client(cfg, index, train, heldout, shared)
-
-
-@dataclass
-class Experiment:
-    """The server side of a run, built and checked by :func:`setup`."""
-
-    cfg: Config
-    method: Method
-    tokenizer: Any
-    shared: SharedModel
-    data: PreparedData
-    cuts: list[int]
-    """Starting cut of every client (split methods)."""
-    timer: RoundTimer
-    ledger: ByteLedger = field(default_factory=ByteLedger)
-    server: Any = None
-    """The method's server-side role (the main server, the pooled trainer), or None."""
-
-    @property
-    def model(self) -> SplitModel:
-        return self.shared.model
-
-    @property
-    def layout(self) -> AdapterLayout:
-        return self.shared.layout
-
-    @property
-    def peft_model(self) -> PeftModel:
-        return self.shared.peft_model
-
-    @property
-    def initial(self) -> Adapters:
-        return self.shared.initial
-
-    @property
-    def pad_id(self) -> int:
-        return self.shared.pad_id
 
 
 def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> Experiment:

@@ -14,7 +14,7 @@ from splitft.model.lora import export_adapters
 from splitft.recipes.evaluate import EvalResult
 
 if TYPE_CHECKING:
-    from splitft.recipes.experiment import Experiment
+    from splitft.methods.base import Experiment
 
 
 def metrics_row(exp: Experiment, result: RoundResult) -> dict[str, Any]:
