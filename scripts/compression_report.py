@@ -1,6 +1,7 @@
 """The compression trade-off table and Pareto plot of docs/results.md ("Compression").
 
     python scripts/compression_report.py runs/cpu/compression [docs/img/compression-pareto.png] [LABEL=MB ...]
+        [--baseline fp32] [--names fp32,int4,...]
 
 Reads every ``<setting>-s<seed>/summary.json`` that scripts/compression_runs.sh wrote and
 prints one Markdown row per setting: final test perplexity (mean and spread over the seeds
@@ -11,16 +12,17 @@ traffic is known but whose perplexity was not measured, as a vertical line.
 
 from __future__ import annotations
 
-import json
+import argparse
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from splitft.report.seeds import load_seeded_runs, spread  # noqa: E402
 
 LABELS = {
     "fp32": "fp32 (everything)",
@@ -32,16 +34,8 @@ LABELS = {
 MB = 1e6
 
 
-def load(root: Path) -> dict[str, list[dict]]:
-    runs: dict[str, list[dict]] = defaultdict(list)
-    for summary in sorted(root.glob("*-s*/summary.json")):
-        name = summary.parent.name.rsplit("-s", 1)[0]
-        runs[name].append(json.loads(summary.read_text()))
-    return runs
-
-
 def row(name: str, runs: list[dict], fp32: dict) -> dict:
-    ppl = [r["final_test_ppl"] for r in runs]
+    ppl, half_range = spread([r["final_test_ppl"] for r in runs])
     kinds = runs[0]["bytes_by_kind"]
     total = runs[0]["bytes_up"] + runs[0]["bytes_down"]
     cut = kinds["activations"] + kinds["gradients"]
@@ -50,8 +44,8 @@ def row(name: str, runs: list[dict], fp32: dict) -> dict:
     return {
         "name": name,
         "seeds": len(runs),
-        "ppl": statistics.mean(ppl),
-        "spread": (max(ppl) - min(ppl)) / 2,
+        "ppl": ppl,
+        "spread": half_range,
         "total_mb": total / MB,
         "kinds": {k: v / MB for k, v in kinds.items()},
         "x_total": base_total / total,
@@ -70,7 +64,7 @@ def table(rows: list[dict], fp32_ppl: float) -> str:
     for r in rows:
         k = r["kinds"]
         lines.append(
-            f"| {LABELS.get(r['name'], r['name'])} | {r['seeds']} | {r['ppl']:,.0f} ± {r['spread']:,.0f} "
+            f"| {LABELS.get(r['name'], r['name'])} | {r['seeds']} | {r['ppl']:,.2f} ± {r['spread']:,.2f} "
             f"| {100 * (r['ppl'] / fp32_ppl - 1):+.2f} % | {k['activations']:.2f} | {k['gradients']:.2f} "
             f"| {k['adapters']:.2f} | {k['labels'] + k['control']:.2f} | {r['total_mb']:.2f} "
             f"| {r['x_total']:.2f} | {r['x_cut']:.2f} | {r['round_s']:.3f} |"
@@ -110,19 +104,28 @@ def plot(rows: list[dict], out: Path, marks: dict[str, float]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[0])
-    runs = load(root)
-    if "fp32" not in runs:
-        print(f"error: no fp32 runs under {root}", file=sys.stderr)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="folder of <setting>-s<seed> runs")
+    parser.add_argument("png", type=Path, nargs="?", help="plot file (default ROOT/compression-pareto.png)")
+    parser.add_argument(
+        "marks", nargs="*", help="LABEL=MB: a setting's traffic without a measured perplexity"
+    )
+    parser.add_argument("--baseline", default="fp32", help="the setting the ratios compare against")
+    parser.add_argument("--names", default="", help="comma-separated settings to include (default: all)")
+    args = parser.parse_args(argv)
+    runs = load_seeded_runs(args.root, args.names.split(",") if args.names else None)
+    if args.baseline not in runs:
+        print(f"error: no {args.baseline} runs under {args.root}", file=sys.stderr)
         return 2
-    order = [n for n in LABELS if n in runs] + sorted(set(runs) - set(LABELS))
-    rows = [row(n, runs[n], runs["fp32"][0]) for n in order]
+    order = [args.baseline] + [n for n in LABELS if n in runs and n != args.baseline]
+    order += sorted(set(runs) - set(order))
+    rows = [row(n, runs[n], runs[args.baseline][0]) for n in order]
     print(table(rows, rows[0]["ppl"]))
     for r in rows:
-        seeds = [round(s["final_test_ppl"]) for s in runs[r["name"]]]
+        seeds = [round(s["final_test_ppl"], 3) for s in runs[r["name"]]]
         print(f"{r['name']}: per seed {seeds}; bytes equal over seeds: {r['same_bytes']}")
-    marks = {label: float(mb) for label, _, mb in (m.rpartition("=") for m in argv[2:])}
-    plot(rows, Path(argv[1]) if len(argv) > 1 else root / "compression-pareto.png", marks)
+    marks = {label: float(mb) for label, _, mb in (m.rpartition("=") for m in args.marks)}
+    plot(rows, args.png or args.root / "compression-pareto.png", marks)
     return 0
 
 

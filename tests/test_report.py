@@ -250,3 +250,26 @@ def test_an_empty_failed_marker_still_gives_a_clear_error(runs: list[Path]) -> N
     (runs[1] / "FAILED").write_text("")
     with pytest.raises(DataError, match="is incomplete .*it failed"):
         compare_runs(runs, None, None, None)
+
+
+def test_seeded_runs_are_grouped_by_setting_in_seed_order_and_unfinished_runs_left_out(tmp_path):
+    import json
+
+    from splitft.report.seeds import load_seeded_runs, seeds_of, spread
+
+    for name, seed, ppl in [("a", 10, 3.0), ("a", 2, 1.0), ("b-c8", 0, 5.0), ("a", 1, 2.0)]:
+        run = tmp_path / f"{name}-s{seed}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"final_test_ppl": ppl}))
+    (tmp_path / "a-s3").mkdir()  # unfinished: no summary.json
+    (tmp_path / "notes-sX").mkdir()
+    runs = load_seeded_runs(tmp_path)
+    assert {k: [r["final_test_ppl"] for r in v] for k, v in runs.items()} == {
+        "a": [2.0, 1.0, 3.0],
+        "b-c8": [5.0],
+    }
+    assert list(load_seeded_runs(tmp_path, ["b-c8"])) == ["b-c8"]
+    assert seeds_of(tmp_path, "a") == [1, 2, 10]
+    assert spread([2.0, 1.0, 3.0]) == (2.0, 1.0)
+    with pytest.raises(ValueError):
+        spread([])
