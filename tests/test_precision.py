@@ -9,7 +9,7 @@ from splitft.cli import main
 from splitft.config import Config
 from splitft.errors import ConfigError
 from splitft.model.loss import chunked_token_stats
-from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.precision import attention_for, cast_frozen_base, hold_base_in, resolve_compute_dtype
 from splitft.recipes.experiment import load_shared_model, local_runtime, setup
 
 from _models import FAMILIES, batch, leaves, tiny_split, tokenizer
@@ -143,3 +143,74 @@ def test_fp32_cast_touches_nothing():
     before = {n: p for n, p in model.model.named_parameters()}
     cast_frozen_base(model.model, torch.float32)
     assert all(p is before[n] and p.dtype == torch.float32 for n, p in model.model.named_parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_on_a_cpu_runs_eager_attention_and_computes_what_sdpa_computes(family):
+    """hold_base_in picks splitft's matmul attention for bf16 on a CPU where a family runs SDPA
+    (torch's CPU flash kernel is slower in bf16 than in fp32). Against the fp32 step, that bf16
+    step must be as accurate as the SDPA bf16 step (two bf16 paths differ from each other by bf16 rounding, so each is compared
+    with fp32), for every family and both paddings."""
+    model, _, adapters = tiny_split(family)
+    cpu = torch.device("cpu")
+    default = model.model.config._attn_implementation
+    assert attention_for(model.model, torch.float32, cpu) is None
+    hold_base_in(model.model, torch.float32, cpu)
+    assert model.model.config._attn_implementation == default  # fp32: nothing changes
+    paddings = ("left", "right")
+    results = {"fp32": {p: _stats_and_grads(model, adapters, batch(p), 0) for p in paddings}}
+    cast_frozen_base(model.model, torch.bfloat16)
+    if default == "sdpa":
+        results["sdpa"] = {p: _stats_and_grads(model, adapters, batch(p), 0) for p in paddings}
+    hold_base_in(model.model, torch.bfloat16, cpu)
+    assert model.model.config._attn_implementation == ("splitft_matmul" if default == "sdpa" else default)
+    results["eager"] = {p: _stats_and_grads(model, adapters, batch(p), 0) for p in paddings}
+
+    def error(kind: str, padding: str) -> tuple[float, float]:
+        (nll, tokens, _, grads), (nll32, tokens32, _, grads32) = (
+            results[kind][padding],
+            results["fp32"][padding],
+        )
+        assert tokens == tokens32
+        worst = max(float((grads[n] - grads32[n]).abs().max() / grads32[n].abs().max()) for n in grads32)
+        return abs(nll / nll32 - 1), worst
+
+    for padding in paddings:
+        loss_error, grad_error = error("eager", padding)
+        assert loss_error < 1e-2 and grad_error < 0.5, (family, padding, loss_error, grad_error)
+        if "sdpa" in results:
+            sdpa_loss_error, sdpa_grad_error = error("sdpa", padding)
+            assert loss_error <= 2 * sdpa_loss_error + 1e-3, (family, padding)
+            assert grad_error <= 2 * sdpa_grad_error + 1e-2, (family, padding, grad_error, sdpa_grad_error)
+
+
+def test_matmul_attention_computes_sdpa_in_fp32():
+    """The bf16-on-CPU attention is SDPA's formula: in fp32 it must give SDPA's output and
+    gradients, with grouped keys, a causal call without a mask, a boolean mask with a row that
+    sees nothing (SDPA returns zeros there) and an additive float mask."""
+    from torch import nn
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from splitft.model.attention import matmul_attention
+
+    gen = torch.Generator().manual_seed(0)
+    module = nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    q = torch.randn(2, 6, 5, 8, generator=gen)
+    k, v = torch.randn(2, 2, 5, 8, generator=gen), torch.randn(2, 2, 5, 8, generator=gen)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    blind = causal.clone()
+    blind[0] = False  # a left-padding row: sees no key
+    additive = torch.zeros(5, 5).masked_fill(~causal, float("-inf"))
+    for mask in (None, causal, blind, additive):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out, _ = matmul_attention(module, *leaves, mask, scaling=0.3)
+        out.square().sum().backward()
+        ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        kk, vv = (t.repeat_interleave(3, dim=1) for t in ref_leaves[1:])
+        ref = sdpa(ref_leaves[0], kk, vv, attn_mask=mask, is_causal=mask is None, scale=0.3).transpose(1, 2)
+        ref.square().sum().backward()
+        assert torch.allclose(out, ref, atol=1e-5)
+        for got, want in zip(leaves, ref_leaves, strict=True):
+            assert torch.allclose(got.grad, want.grad, atol=1e-5)
+    assert torch.equal(matmul_attention(module, q, k, v, blind)[0][:, 0], torch.zeros(2, 6, 8))

@@ -33,7 +33,7 @@ from splitft.config import Config
 from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.model.loading import load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, copy_ranks, initial_adapters
-from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.precision import hold_base_in, resolve_compute_dtype
 from splitft.model.split import SplitModel
 from splitft.recipes.experiment import resolve_device
 from splitft.roles.client import Client
@@ -111,7 +111,7 @@ class StepBench:
         self.peft_model.to(self.device)
         causal_lm = self.peft_model.base_model.model
         self.adapters = initial_adapters(causal_lm)  # before the cast, as a run draws them
-        cast_frozen_base(causal_lm, resolve_compute_dtype(compute_dtype, self.device))
+        hold_base_in(causal_lm, resolve_compute_dtype(compute_dtype, self.device), self.device)
         self.model = SplitModel(causal_lm, loss_chunk=loss_chunk)
         self.layout = AdapterLayout.of(causal_lm, self.model.family)
         self.cut = self.model.num_blocks // 2

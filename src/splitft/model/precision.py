@@ -19,6 +19,8 @@ from torch import nn
 
 from splitft.choices import COMPUTE_DTYPES
 from splitft.errors import ConfigError
+from splitft.model.attention import NAME
+from splitft.model.attention import register as register_matmul_attention
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -49,6 +51,33 @@ def cast_frozen_base(model: nn.Module, dtype: torch.dtype) -> None:
     for name, param in model.named_parameters():
         if ".lora_" not in name and param.is_floating_point():
             param.data = param.data.to(dtype)
+
+
+def hold_base_in(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Hold the frozen base of ``model`` in ``dtype`` (:func:`cast_frozen_base`) and pick the
+    attention kernel for it on ``device`` (:func:`attention_for`)."""
+    cast_frozen_base(model, dtype)
+    attention = attention_for(model, dtype, device)
+    if attention is not None and model.config._attn_implementation != attention:
+        model.set_attn_implementation(attention)
+
+
+def attention_for(model: nn.Module, dtype: torch.dtype, device: torch.device) -> str | None:
+    """The attention implementation ``model`` should run with a base in ``dtype`` on ``device``,
+    or None to keep its own.
+
+    A bf16 base on a CPU runs :func:`splitft.model.attention.matmul_attention` where the family
+    would run SDPA (torch's CPU flash kernel is slower in bf16 than in fp32; see that module).
+    Families without SDPA (GPT-Neo) keep their eager path; fp32 keeps SDPA, so fp32 runs stay
+    bit-identical.
+    """
+    if (
+        dtype == torch.bfloat16
+        and device.type == "cpu"
+        and model.config._attn_implementation in ("sdpa", NAME)
+    ):
+        return register_matmul_attention()
+    return None
 
 
 def base_dtype(model: nn.Module) -> torch.dtype:

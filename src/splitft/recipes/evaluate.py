@@ -22,7 +22,7 @@ from splitft.data.tokenize import TokenizedDataset, collate, pad_id_of
 from splitft.errors import ConfigError, DataError
 from splitft.files import READ_ERRORS, read_json_object
 from splitft.model.loading import load_model, load_tokenizer
-from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.precision import hold_base_in, resolve_compute_dtype
 from splitft.model.split import SplitModel
 
 
@@ -106,7 +106,8 @@ def load_adapter(adapter: str | Path, overrides: dict[str, object] | None = None
             f"--adapter {folder}: the adapter cannot be loaded: {str(err).splitlines()[0]}"
         ) from None
     # The run's precision (on the CPU, where fp16 is refused).
-    cast_frozen_base(model.base_model.model, resolve_compute_dtype(cfg.compute_dtype, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    hold_base_in(model.base_model.model, resolve_compute_dtype(cfg.compute_dtype, cpu), cpu)
     return SavedAdapter(model, tokenizer, cfg)
 
 

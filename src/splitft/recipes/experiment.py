@@ -29,7 +29,7 @@ from splitft.errors import ConfigError, ModelError
 from splitft.methods.base import Experiment, SharedModel
 from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, initial_adapters
-from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.precision import hold_base_in, resolve_compute_dtype
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
 from splitft.runtime.inprocess import InProcessRuntime
@@ -86,7 +86,7 @@ def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
     peft_model.to(device)
     causal_lm = peft_model.base_model.model
     initial = initial_adapters(causal_lm)  # drawn on the fp32 model: the same in every precision
-    cast_frozen_base(causal_lm, dtype)
+    hold_base_in(causal_lm, dtype, device)
     model = SplitModel(causal_lm, loss_chunk=cfg.loss_chunk)
     layout = AdapterLayout.of(causal_lm, model.family)
     return SharedModel(peft_model, model, layout, initial, pad_id_of(tokenizer))
