@@ -9,9 +9,9 @@ import pytest
 from splitft.errors import ModelError
 from splitft.model.segments import Segments
 from splitft.model.split import token_stats
+from test_split import unsplit_step
 
 from _models import FAMILIES, batch, leaves, tiny_split
-from test_split import unsplit_step
 
 
 def u_step(model, layout, adapters, cut, tail, b):

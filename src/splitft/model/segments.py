@@ -59,7 +59,9 @@ class Segments:
         return side_ranks(layout, self.server_blocks, self.server_boundary, r_cut)
 
 
-def side_ranks(layout: AdapterLayout, blocks: Sequence[int], boundary: set[int], r_cut: int) -> dict[str, int]:
+def side_ranks(
+    layout: AdapterLayout, blocks: Sequence[int], boundary: set[int], r_cut: int
+) -> dict[str, int]:
     """``r_cut`` for the tensors of ``boundary`` blocks, ``r_others`` for the rest of ``blocks``."""
     return {name: (r_cut if b in boundary else layout.rank) for b in blocks for name in layout.names([b])}
 

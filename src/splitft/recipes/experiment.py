@@ -29,8 +29,8 @@ from splitft.errors import ConfigError, ModelError
 from splitft.methods.base import Experiment, SharedModel
 from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, initial_adapters
-from splitft.model.segments import check_tail_length, check_tails
 from splitft.model.precision import cast_frozen_base, resolve_compute_dtype
+from splitft.model.segments import check_tail_length, check_tails
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
 from splitft.runtime.inprocess import InProcessRuntime
