@@ -75,13 +75,7 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
         ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
-        ("split.tail", lambda v: all(t >= 1 for t in v), "every tail must be >= 1 block"),
-        ("split.tail", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
-        (
-            "split.tail",
-            lambda v: not v or cfg.split.shape == "u",
-            "is for split.shape = 'u' (set it, or drop the tail)",
-        ),
+        *split_rules(cfg),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
         (
             "eval.generation_metrics",
@@ -112,6 +106,21 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
         ),
         *method_rules(cfg),
         *((key, math.isfinite, "must be a finite number") for key, tp in field_types.items() if tp is float),
+    ]
+
+
+def split_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """The U shape's tail: one value for all or one per client, each a block or more, only with
+    split.shape = 'u' (its depth against the model is checked when the model's size is known)."""
+    n = cfg.federation.num_clients
+    return [
+        ("split.tail", lambda v: all(t >= 1 for t in v), "every tail must be >= 1 block"),
+        ("split.tail", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
+        (
+            "split.tail",
+            lambda v: not v or cfg.split.shape == "u",
+            "is for split.shape = 'u' (set it, or drop the tail)",
+        ),
     ]
 
 
