@@ -42,6 +42,8 @@ def test_the_client_holds_its_tail_the_logits_and_an_untied_head():
     logits = 4 * 2 * 4 * 32 * tied.vocab  # fp32 logits and their gradient
     assert u == two_more_blocks + logits  # a tied head is the embedding the client already holds
     assert client_memory_bytes(untied, 2, 4, 32, 1000, tail=2) == u + 4 * tied.vocab * tied.embed_dim
+    chunked = client_memory_bytes(tied, 2, 4, 32, 1000, tail=2, loss_chunk=64)  # one chunk of logits
+    assert chunked == u - logits + 4 * (64 * tied.vocab + 4 * 32 * tied.embed_dim)
     phone = replace(CLIENT, memory_bytes=vanilla + 40e6)
     assert max_cut_that_fits(tied, phone, 4, 32) > max_cut_that_fits(tied, phone, 4, 32, tail=2) >= 0
 

@@ -9,7 +9,8 @@ per block, in floats: ``4*h`` (inputs and outputs of both norms) + ``q + 2*kv`` 
 projection) + ``4*I`` gated (gate, up, activation, product) or ``2*I`` (pre- and post-activation).
 LoRA's rank-r intermediates add < 1% and are left out. A U-shaped client (docs/architecture.md,
 D11) adds its tail's blocks and their activations, the head (nothing when it is tied to the
-embeddings the client already holds) and the logits with their gradient.
+embeddings the client already holds) and the loss's logits (whole, with their gradient, or
+one ``loss_chunk`` of them).
 """
 
 from __future__ import annotations
@@ -40,17 +41,31 @@ def activation_floats_per_token(shape: ModelShape, seq_len: int) -> int:
 
 
 def client_memory_bytes(
-    shape: ModelShape, cut: int, batch: int, seq_len: int, lora_params_client: int, tail: int = 0
+    shape: ModelShape,
+    cut: int,
+    batch: int,
+    seq_len: int,
+    lora_params_client: int,
+    tail: int = 0,
+    loss_chunk: int = 0,
 ) -> int:
     """Peak training memory of a client holding the embeddings and blocks [0, cut); with a
     ``tail`` (U shape) also blocks [M - tail, M), the head (its own matrix only when untied)
-    and the logits with their gradient, as the whole model's device holds them."""
+    and the loss's logits (see :func:`loss_floats`)."""
     tokens = batch * seq_len
     blocks = cut + tail
     weights = shape.embedding_params + blocks * shape.block_params + (shape.head_params if tail else 0)
     activations = tokens * blocks * activation_floats_per_token(shape, seq_len)
-    logits = 2 * tokens * shape.vocab if tail else 0
+    logits = loss_floats(shape, tokens, loss_chunk) if tail else 0
     return FLOAT_BYTES * (weights + activations + logits + 4 * lora_params_client) + RUNTIME_OVERHEAD_BYTES
+
+
+def loss_floats(shape: ModelShape, tokens: int, loss_chunk: int = 0) -> int:
+    """Floats the head's loss holds at its peak: the logits and their gradient, or with
+    ``loss_chunk`` one chunk's logits and the gradient of the head's input (``model/loss.py``)."""
+    if not loss_chunk:
+        return 2 * tokens * shape.vocab
+    return min(loss_chunk, tokens) * shape.vocab + tokens * shape.embed_dim
 
 
 def max_cut_that_fits(
@@ -62,13 +77,14 @@ def max_cut_that_fits(
     r_cut: int = 8,
     adapted_per_block: Projections | None = None,
     tail: int = 0,
+    loss_chunk: int = 0,
 ) -> int:
     """The largest cut in 1..M-1 (1..M-tail-1 with a U shape's ``tail``) whose client memory
     fits the device's; 0 if cut 1 does not."""
     best = 0
     for cut in range(1, shape.num_blocks - tail):
         lora = client_lora_params(shape, cut, r_others, r_cut, adapted_per_block, tail)
-        if client_memory_bytes(shape, cut, batch, seq_len, lora, tail) > device.memory_bytes:
+        if client_memory_bytes(shape, cut, batch, seq_len, lora, tail, loss_chunk) > device.memory_bytes:
             break
         best = cut
     return best
@@ -83,16 +99,20 @@ def check_fits(
     r_cut: int = 8,
     adapted_per_block: Projections | None = None,
     tails: Sequence[int] = (),
+    loss_chunk: int = 0,
 ) -> list[int]:
     """Every client's largest cut (client order; ``tails``: each client's U-shape tail, empty
-    for a vanilla split); ConfigError for a client that cannot hold one block."""
+    for a vanilla split, whose loss runs in ``loss_chunk`` chunks); ConfigError for a client
+    that cannot hold one block."""
     cuts = []
     for i, device in enumerate(devices):
         tail = tails[i] if tails else 0
-        cut = max_cut_that_fits(shape, device, batch, seq_len, r_others, r_cut, adapted_per_block, tail)
+        cut = max_cut_that_fits(
+            shape, device, batch, seq_len, r_others, r_cut, adapted_per_block, tail, loss_chunk
+        )
         if cut == 0:
             lora = client_lora_params(shape, 1, r_others, r_cut, adapted_per_block, tail)
-            need = client_memory_bytes(shape, 1, batch, seq_len, lora, tail)
+            need = client_memory_bytes(shape, 1, batch, seq_len, lora, tail, loss_chunk)
             held = f"one block, its tail of {tail} blocks and the head" if tail else "one block"
             raise ConfigError(
                 f"client {i} ({device.name}) has {device.memory_bytes / 1e6:.1f} MB of usable memory, "

@@ -67,6 +67,7 @@ class RoundTimer:
             lora.r_others,
             lora.client_cut_rank,
             tails=self.tails,
+            loss_chunk=cfg.loss_chunk,
         )
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
