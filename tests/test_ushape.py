@@ -5,7 +5,9 @@ shapes are one-line errors before anything is written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +255,34 @@ def test_bad_u_shapes_are_one_line_before_anything_is_written(extra, message, co
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
     assert not out.exists()
+
+
+def test_the_ushape_preset_and_its_report_run_on_a_tiny_model(corpus, tmp_path):
+    """configs/cpu/ushape.toml, scaled to one round of the tiny Llama, through `compare`; the
+    report reads both runs: no labels in the U shape, the tail's traffic both ways, the phone."""
+    preset = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "ushape.toml"
+    tiny = (
+        preset.read_text()
+        .replace('"smollm2-135m"', '"tiny:llama"')
+        .replace('"wikitext-2"', f'"{corpus}"')
+        .replace("rounds = 30", "rounds = 1")
+        .replace("cuts = [2]", "cuts = [1]")
+        .replace("every = 10", "every = 1")
+    )
+    (tmp_path / "tiny.toml").write_text(tiny)
+    assert main(["compare", "--preset", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "cmp")]) == 0
+    script = preset.parents[2] / "scripts" / "ushape_report.py"
+    spec = importlib.util.spec_from_file_location("ushape_report", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in module.report(tmp_path / "cmp").splitlines()
+    ]
+    rows = {cells[0]: cells[1:] for cells in table}
+    assert float(rows["MB labels up"][0]) > 0 and float(rows["MB labels up"][1]) == 0
+    assert float(rows["MB activations down"][0]) == 0 < float(rows["MB activations down"][1])
+    assert float(rows["MB gradients up"][0]) == 0 < float(rows["MB gradients up"][1])
+    assert rows["phone-low: cut, tail"] == ["1, 0", "1, 2"]
+    vanilla_mb, u_mb = map(float, rows["phone-low: training memory MB"])
+    assert u_mb > vanilla_mb
