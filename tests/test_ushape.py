@@ -22,8 +22,9 @@ from splitft.model.loading import load_model
 from splitft.model.split import token_stats
 from splitft.recipes.experiment import local_runtime
 from splitft.recipes.train import train
+from splitft.runtime.base import CallFailure
 from splitft.runtime.inprocess import InProcessRuntime
-from splitft.wire.codec import decode_message
+from splitft.wire.codec import Entry, decode_message, encode_message
 
 from _models import tokenizer
 
@@ -286,3 +287,39 @@ def test_the_ushape_preset_and_its_report_run_on_a_tiny_model(corpus, tmp_path):
     assert rows["phone-low: cut, tail"] == ["1, 0", "1, 2"]
     vanilla_mb, u_mb = map(float, rows["phone-low: training memory MB"])
     assert u_mb > vanilla_mb
+
+
+class TailFaults(InProcessRuntime):
+    """Client 1's first tail call fails; client 2's first tail reply sends a gradient of the wrong shape."""
+
+    def __init__(self, roles) -> None:
+        super().__init__(roles)
+        self.seen: set[str] = set()
+
+    def call(self, target, method, payload):
+        reply = super().call(target, method, payload)
+        if method != "tail_step" or target in self.seen:
+            return reply
+        self.seen.add(target)
+        if target == "client-1":
+            return CallFailure(target, method, "injected")
+        if target == "client-2":
+            return encode_message([Entry("grad", "gradients", torch.zeros(1, 2, 3))]).data
+        return reply
+
+
+def test_a_client_failing_in_its_tail_is_dropped_and_the_server_forgets_its_step(corpus, tmp_path):
+    servers = []
+
+    def connect(exp):
+        servers.append(exp.server)
+        return TailFaults(local_runtime(exp).roles)
+
+    cfg = Config().with_overrides(_overrides(args(corpus, 2, "--federation.num_clients", "3")))
+    train(cfg, tmp_path / "run", connect=connect)
+    rows = metrics(tmp_path / "run")
+    drops = {d["client"]: d for d in rows[0]["dropped"]}
+    assert drops.keys() == {1, 2} and drops[1]["method"] == "tail_step" and "injected" in drops[1]["error"]
+    assert drops[2]["method"] == "tail_step" and "malformed reply" in drops[2]["error"]
+    assert rows[1]["clients"] == [0] and rows[1]["train_loss"] > 0
+    assert servers[0]._pending == {}  # no graph of a failed step is kept
