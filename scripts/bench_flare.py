@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from splitft.config import Config
+from splitft.recipes.train import train
 from splitft.runtime import InProcessRuntime
 from splitft.runtime.flare_job import probe_calls
-from splitft.recipes.train import train
 
 SIZES = [1_000, 100_000, 4_000_000]
 

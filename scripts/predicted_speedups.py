@@ -7,11 +7,12 @@ Only the cost model and the virtual clock run (no training): for SmolLM2's shape
 blocks, and all 30), batch 4, 64 tokens, 5 clients, one local step.
 """
 
-from splitft.sim.clock import predict_round
-from splitft.sim.costs import ModelShape, check_fits
-from splitft.sim.devices import device_preset, server_profile
 from splitft.algorithms.policy import AllocationContext, best_resource_cuts
 from splitft.model.loading import smollm2_config
+from splitft.sim.clock import predict_round
+from splitft.sim.costs import ModelShape
+from splitft.sim.devices import device_preset, server_profile
+from splitft.sim.memory import check_fits
 
 SERVERS = [
     ("idle (20 TFLOP/s)", "idle"),

@@ -13,7 +13,8 @@ from splitft.model.loading import load_model
 from splitft.model.lora import lora_pairs
 from splitft.recipes.experiment import local_runtime, setup
 from splitft.sim import devices
-from splitft.sim.costs import ModelShape, client_lora_params, client_memory_bytes
+from splitft.sim.costs import ModelShape, client_lora_params
+from splitft.sim.memory import client_memory_bytes
 
 
 @pytest.fixture()

@@ -14,10 +14,7 @@ from splitft.sim.costs import (
     StepCosts,
     block_forward_flops,
     block_ranks,
-    check_fits,
     client_lora_params,
-    client_memory_bytes,
-    max_cut_that_fits,
     unsplit_step_flops,
 )
 from splitft.sim.devices import (
@@ -27,6 +24,7 @@ from splitft.sim.devices import (
     parse_profiles,
     server_profile,
 )
+from splitft.sim.memory import check_fits, client_memory_bytes, max_cut_that_fits
 
 BATCH, SEQ = 4, 128
 

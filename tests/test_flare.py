@@ -117,6 +117,27 @@ def test_simenv_equals_inprocess_with_compression(corpus, inprocess, tmp_path):
     )
 
 
+def test_simenv_equals_inprocess_with_a_u_shape(corpus, tmp_path):
+    """A U-shaped split (the sites run their tails, heads and losses: tail_step and
+    heldout_score travel over FLARE) with lossy cut tensors both ways and the sites' error
+    feedback on the gradient they send up: the same run, byte for byte, wherever the clients are."""
+    u_shape = (
+        "--split.shape",
+        "u",
+        "--split.tail",
+        "1",
+        "--codec.activations",
+        "int8",
+        "--codec.gradients",
+        "int4",
+    )
+    one, two = tmp_path / "inprocess", tmp_path / "flare"
+    assert main(["train", *args(corpus, 2, *u_shape), "--out", str(one)]) == 0
+    assert main(["train", *args(corpus, 2, *u_shape), "--runtime", "flare-sim", "--out", str(two)]) == 0
+    assert_same_run(one, two)
+    assert all(row["bytes_by_kind"]["labels"] == 0 for row in metrics(one))
+
+
 @pytest.mark.skipif(
     os.environ.get("SPLITFT_TEST_POC") != "1",
     reason="PocEnv takes about 70 s (provisioning, starting services); set SPLITFT_TEST_POC=1",

@@ -16,8 +16,9 @@ from splitft.algorithms.policy import (
 )
 from splitft.model.loading import smollm2_config
 from splitft.sim.clock import RoundTiming, predict_round
-from splitft.sim.costs import ModelShape, check_fits
+from splitft.sim.costs import ModelShape
 from splitft.sim.devices import device_preset, server_profile
+from splitft.sim.memory import check_fits
 
 
 def fake_timing(per_client: dict[int, float]) -> RoundTiming:

@@ -17,6 +17,8 @@ CLOCK_ORDERS = ("parallel", "sequential")
 CUT_RANK_SIDES = ("none", "client", "both")
 SERVER_ADAPTERS = ("per-client", "shared")
 """How the main server holds the server-side adapters (split.server_adapters)."""
+SPLIT_SHAPES = ("vanilla", "u")
+"""Where the model's last blocks, head and loss run (split.shape): the main server, or the client."""
 DEVICE_TIERS = ("phone-low", "phone-high", "tablet", "laptop", "workstation")
 """Client device tiers (devices.clients), slowest first: the order 'hetero' cycles over."""
 GENERATION_METRICS = ("bleu", "chrf", "nist", "rouge_l", "exact_match")

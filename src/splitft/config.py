@@ -104,6 +104,24 @@ class SplitConfig:
     """'per-client': the main server keeps one copy of the server-side adapters per client
     (SplitFed V1); 'shared': one set every client's step updates in turn, in client order
     (SplitFed V2), so the server's blocks train sequentially (docs/architecture.md, D10)."""
+    shape: str = "vanilla"
+    """'vanilla': the client runs blocks [0, cut) and sends the labels with its hidden state; the
+    main server runs the rest, the head and the loss. 'u': the client also keeps the last
+    split.tail blocks, the final norm, the head and the loss, so token ids never leave it (the
+    server sees hidden states, gradients and the attention mask; docs/architecture.md, D11)."""
+    tail: list[int] = field(default_factory=list)
+    """split.shape = 'u': blocks [M - tail, M) the client runs after the server, one value for
+    all or one per client (empty = 1). Fixed for the run (the policies move only the cut, within
+    1..M - tail - 1): the tail's blocks hold the client's head and loss, so moving it would move
+    what the client must hold, and each move costs an adapter exchange with no gain in time."""
+
+    def tail_of(self, client: int) -> int:
+        """Blocks client ``client`` runs after the server: 0 for a vanilla split."""
+        if self.shape != "u":
+            return 0
+        if not self.tail:
+            return 1
+        return self.tail[client] if len(self.tail) > 1 else self.tail[0]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from splitft.choices import (
     PARTITIONS,
     SCHEDULES,
     SERVER_ADAPTERS,
+    SPLIT_SHAPES,
 )
 from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, cut_format_ok
 from splitft.registry import METHODS, POLICIES, RUNTIMES
@@ -57,7 +58,7 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
                "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS,
-               "compute_dtype": COMPUTE_DTYPES}
+               "compute_dtype": COMPUTE_DTYPES, "split.shape": SPLIT_SHAPES}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in MINIMUM.items()),
@@ -74,6 +75,7 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
         ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
         ("split.cuts", lambda v: all(c >= 1 for c in v), "every cut must be >= 1"),
         ("split.cuts", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
+        *split_rules(cfg),
         ("data.partition_by", lambda v: bool(v) and v == v.strip(), "must be 'length' or a meta column name"),
         (
             "eval.generation_metrics",
@@ -107,6 +109,21 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
     ]
 
 
+def split_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """The U shape's tail: one value for all or one per client, each a block or more, only with
+    split.shape = 'u' (its depth against the model is checked when the model's size is known)."""
+    n = cfg.federation.num_clients
+    return [
+        ("split.tail", lambda v: all(t >= 1 for t in v), "every tail must be >= 1 block"),
+        ("split.tail", lambda v: len(v) in (0, 1, n), f"must hold 0, 1 or num_clients={n} values"),
+        (
+            "split.tail",
+            lambda v: not v or cfg.split.shape == "u",
+            "is for split.shape = 'u' (set it, or drop the tail)",
+        ),
+    ]
+
+
 def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
     if cfg.method not in METHODS.names():
@@ -116,4 +133,9 @@ def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         return method.config_rules(cfg)
     plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
     keys = ("codec.activations", "codec.gradients", "codec.adapters")
-    return [*method.config_rules(cfg), *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys)]
+    no_split = f"must be 'vanilla' with method = '{cfg.method}', which does not split the model"
+    return [
+        *method.config_rules(cfg),
+        *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys),
+        ("split.shape", lambda v: v == "vanilla", no_split),
+    ]

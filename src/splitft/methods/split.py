@@ -15,7 +15,8 @@ from splitft.config import Config
 from splitft.errors import ConfigError
 from splitft.methods.base import Experiment, Method, Rule, SharedModel
 from splitft.methods.split_loop import SplitRoundLoop
-from splitft.model.lora import copy_ranks
+from splitft.methods.u_loop import USplitRoundLoop
+from splitft.model.segments import Segments
 from splitft.registry import POLICIES
 from splitft.roles.client import Client
 from splitft.roles.fed_server import FedServer
@@ -57,10 +58,12 @@ class SplitMethod(Method):
         """Every starting cut fits its client's device."""
         cfg, timer = exp.cfg, exp.timer
         for i, (cut, most) in enumerate(zip(exp.cuts, timer.max_cut, strict=True)):
+            tail = cfg.split.tail_of(i)
+            besides = f" besides its tail of {tail} blocks and the head" if tail else ""
             if cut > most:
                 raise ConfigError(
                     f"split.cuts gives client {i} cut {cut}, but its device ({timer.devices[i].name}) holds at "
-                    f"most {most} blocks at batch {cfg.train.batch_size} x {cfg.data.max_length} tokens; "
+                    f"most {most} blocks{besides} at batch {cfg.train.batch_size} x {cfg.data.max_length} tokens; "
                     f"use a cut <= {most}"
                 )
 
@@ -76,22 +79,24 @@ class SplitMethod(Method):
     def make_loop(self, exp: Experiment, runtime: Runtime | None) -> SplitRoundLoop:
         policy = POLICIES.get(exp.cfg.policy.name).from_config(exp.cfg.policy, exp.cuts)
         fed_server = FedServer(exp.layout, dict(exp.initial), exp.cfg.aggregation)
-        return SplitRoundLoop(
+        loop = USplitRoundLoop if exp.cfg.split.shape == "u" else SplitRoundLoop
+        return loop(
             exp.cfg, exp.layout, runtime, exp.server, fed_server, policy, exp.ledger, exp.timer, exp.cuts
         )
 
     def trainable_params(self, exp: Experiment, cuts: Sequence[int]) -> tuple[list[int], list[int]]:
-        """Per client: its blocks ``[0, cut)`` (the last at the client's cut rank), and the
-        server's copy of ``[cut, M)`` (the first at the server's)."""
+        """Per client: its blocks ``[0, cut)`` (the last at the client's cut rank; a U-shaped
+        client also its tail, the first at that rank), and the server's copy of ``[cut, M)`` or
+        ``[cut, M - tail)`` (its boundary blocks at the server's)."""
         lora, layout, m = exp.cfg.lora, exp.layout, exp.model.num_blocks
         client, server = [], []
-        for cut in cuts:
+        for i, cut in enumerate(cuts):
+            segments = Segments(m, cut, exp.cfg.split.tail_of(i))
             sides = (
-                (range(cut), cut - 1, lora.client_cut_rank, client),
-                (range(cut, m), cut, lora.server_cut_rank, server),
+                (segments.client_ranks(layout, lora.client_cut_rank), client),
+                (segments.server_ranks(layout, lora.server_cut_rank), server),
             )
-            for blocks, cut_block, r_cut, out in sides:
-                ranks = copy_ranks(layout, blocks, cut_block, r_cut)
+            for ranks, out in sides:
                 out.append(sum(layout.num_params(name, rank) for name, rank in ranks.items()))
         return client, server
 

@@ -31,7 +31,8 @@ from splitft.config import Config, LoraConfig
 from splitft.config_codec import client_format
 from splitft.errors import DivergenceError, SplitFTError
 from splitft.methods.base import RoundResult, sample_clients
-from splitft.model.lora import AdapterLayout, Adapters, copy_ranks
+from splitft.model.lora import AdapterLayout, Adapters
+from splitft.model.segments import Segments
 from splitft.roles.fed_server import FedServer
 from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
@@ -44,15 +45,19 @@ from splitft.wire.ledger import ByteLedger
 from splitft.wire.messages import DELTA_FORMATS, adapter_entries, add_to, control, read_adapters
 
 
-def cut_blocks(cuts: Sequence[int], lora: LoraConfig) -> set[int]:
-    """Blocks trained below ``r_others`` by someone: each client's last and the server's first
-    (only those on the sides ``lora.cut_rank_sides`` names)."""
+def cut_blocks(
+    cuts: Sequence[int], lora: LoraConfig, num_blocks: int = 0, tails: Sequence[int] = ()
+) -> set[int]:
+    """Blocks trained below ``r_others`` by someone: each client's last and the server's first,
+    and with ``tails`` (a U shape) the tail's first and the server's last (only those on the
+    sides ``lora.cut_rank_sides`` names)."""
     reduced = set()
-    for k in cuts:
+    for i, k in enumerate(cuts):
+        segments = Segments(num_blocks, k, tails[i] if tails else 0)
         if lora.client_cut_rank < lora.r_others:
-            reduced.add(k - 1)
+            reduced |= segments.client_boundary
         if lora.server_cut_rank < lora.r_others:
-            reduced.add(k)
+            reduced |= segments.server_boundary
     return reduced
 
 
@@ -79,6 +84,8 @@ class SplitRoundLoop:
         self.timer = timer
         self.clock = VirtualClock()
         self.num_clients = cfg.federation.num_clients
+        self.num_blocks = main_server.model.num_blocks
+        self.tails = [cfg.split.tail_of(i) for i in range(self.num_clients)]
         self.previous_cuts = list(start_cuts)
         self.accuracy: dict[int, float] = {}
         self.cut_blocks: set[int] = set()
@@ -137,7 +144,7 @@ class SplitRoundLoop:
 
     def _canonicalize_new_cut_blocks(self, cuts: Sequence[int]) -> list[int]:
         """Blocks that just became cut blocks get a canonical basis (B @ A unchanged)."""
-        new_cut_blocks = cut_blocks(cuts, self.cfg.lora)
+        new_cut_blocks = cut_blocks(cuts, self.cfg.lora, self.num_blocks, self.tails)
         fresh = sorted(new_cut_blocks - self.cut_blocks)
         self.cut_blocks = new_cut_blocks
         if fresh:
@@ -197,7 +204,7 @@ class SplitRoundLoop:
         weights = {}  # uploads are folded in as they arrive: one held at a time (memory per client)
         for i in clients:
             if (payload := self._call(round_number, i, "end_round", control(), dropped)) is not None:
-                ranks = copy_ranks(self.layout, range(cuts[i]), cuts[i] - 1, self.cfg.lora.client_cut_rank)
+                ranks = self._client_ranks(i, cuts[i])
                 weight = self._read(
                     round_number, i, "end_round", dropped, self.fed_server.receive, payload, ranks
                 )
@@ -221,7 +228,7 @@ class SplitRoundLoop:
         dropped: list[dict],
     ) -> bool:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
-        ranks = copy_ranks(self.layout, range(cut), cut - 1, self.cfg.lora.client_cut_rank)
+        ranks = self._client_ranks(i, cut)
         held = self.synced.get(i) == (self.fed_server.version, cut)
         meta = {
             "round": round_number,
@@ -275,9 +282,7 @@ class SplitRoundLoop:
             payload = self._call(round_number, i, "heldout_forward", control(samples=samples), dropped)
             if payload is None:
                 continue
-            stats = self._read(
-                round_number, i, "heldout_forward", dropped, self.main_server.score, i, payload, adapters
-            )
+            stats = self._score(round_number, i, payload, adapters, dropped)
             if stats is not None and stats.tokens:
                 self.accuracy[i] = stats.correct / stats.tokens
 
@@ -287,11 +292,30 @@ class SplitRoundLoop:
         """The main server's step on client ``i``'s smashed data: None when the data is malformed
         (the client is dropped); a non-finite loss or gradient stops the run, naming the client."""
         try:
-            return self._read(
-                round_number, i, "forward_step", dropped, self.main_server.train_step, i, smashed, global_step
-            )
+            return self._serve(round_number, i, smashed, global_step, dropped)
         except DivergenceError as err:
             raise DivergenceError(f"client {i}: {err}") from None
+
+    def _serve(
+        self, round_number: int, i: int, smashed: bytes, global_step: int, dropped: list[dict]
+    ) -> tuple[bytes, Any] | None:
+        """The main server's forward and backward from the smashed data (it holds the loss)."""
+        return self._read(
+            round_number, i, "forward_step", dropped, self.main_server.train_step, i, smashed, global_step
+        )
+
+    def _score(
+        self, round_number: int, i: int, payload: bytes, adapters: Adapters, dropped: list[dict]
+    ) -> Any:
+        """The main server scores client ``i``'s held-out smashed data (None: malformed)."""
+        return self._read(
+            round_number, i, "heldout_forward", dropped, self.main_server.score, i, payload, adapters
+        )
+
+    def _client_ranks(self, i: int, cut: int) -> dict[str, int]:
+        """Trained rank of each tensor client ``i`` holds at ``cut``."""
+        segments = Segments(self.num_blocks, cut, self.tails[i])
+        return segments.client_ranks(self.layout, self.cfg.lora.client_cut_rank)
 
     def _read(self, round_number: int, i: int, method: str, dropped: list[dict], use: Any, *args: Any) -> Any:
         """``use(*args)`` on client ``i``'s reply to ``method``; None (and ``i`` dropped) when malformed."""

@@ -1,5 +1,7 @@
 """Split one causal LM at block ``k``: the client runs embeddings + blocks ``[0, k)``, the main
-server runs blocks ``[k, M)`` + final norm + head.
+server runs blocks ``[k, M)`` + final norm + head. In a U-shaped split (docs/architecture.md,
+D11) the server stops after block ``M - t - 1`` (:meth:`SplitModel.middle_forward`) and the
+client runs ``[M - t, M)`` + final norm + head the way the server runs its part.
 
 Both halves run the model's *own* forward pass, so every family's masks (padding, causal,
 GPT-Neo's local attention, Qwen2's sliding window), positions (GPT-2's ``wpe``, OPT's
@@ -118,8 +120,37 @@ class SplitModel:
         params: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits from the hidden state entering block ``cut``."""
+        return self._run_from(cut, hidden, attention_mask, params).logits
+
+    def middle_forward(
+        self,
+        cut: int,
+        end: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Hidden state after block ``end - 1`` from the hidden state entering block ``cut``,
+        attached to the graph: the main server's part of a U-shaped split (blocks ``[cut, end)``)."""
+        if not cut < end <= self.num_blocks - 1:
+            raise ModelError(f"the server part [{cut}, {end}) is empty or reaches the last block")
+        run = lambda: self._run_from(cut, hidden, attention_mask, params)  # noqa: E731
+        return self._stop_at(self.blocks[end - 1], run, after=True)
+
+    def _run_from(
+        self,
+        cut: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None,
+    ):
+        """The model's forward pass with ``hidden`` entering block ``cut`` (the blocks before it
+        pass their input through; the embeddings see a zero placeholder)."""
         self.check_cut(cut)
         hidden = hidden.to(base_dtype(self.model))
+        if params:  # a U-shaped client's tail call holds adapters of blocks swapped out below
+            skipped = tuple(f"{self.family.blocks}.{i}." for i in range(cut))
+            params = {name: t for name, t in params.items() if not name.startswith(skipped)}
 
         def inject(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
@@ -139,7 +170,7 @@ class SplitModel:
             for i, block in enumerate(originals):
                 self.blocks[i] = block
             handle.remove()
-        return out.logits
+        return out
 
     def full_stats(
         self,
@@ -163,7 +194,8 @@ class SplitModel:
         params: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, int, int]:
         """:func:`token_stats` from the hidden state entering block ``cut``, memory-light when
-        ``loss_chunk`` is set."""
+        ``loss_chunk`` is set: the main server's part of a vanilla split, or the client's tail
+        (``cut = M - t``) of a U-shaped one."""
         if not self.loss_chunk:
             return token_stats(self.server_forward(cut, hidden, attention_mask, params), labels)
         return self._head_stats(lambda: self.server_forward(cut, hidden, attention_mask, params), labels)

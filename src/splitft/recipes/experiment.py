@@ -30,6 +30,7 @@ from splitft.methods.base import Experiment, SharedModel
 from splitft.model.loading import SMOLLM2, SMOLLM2_ARCH, TINY_CONFIGS, load_model, load_tokenizer
 from splitft.model.lora import AdapterLayout, attach_lora, initial_adapters
 from splitft.model.precision import hold_base_in, resolve_compute_dtype
+from splitft.model.segments import check_tail_length, check_tails
 from splitft.model.split import SplitModel
 from splitft.registry import METHODS, POLICIES
 from splitft.runtime.inprocess import InProcessRuntime
@@ -68,7 +69,18 @@ def check_model_shape(cfg: Config) -> None:
     keep = cfg.model.keep_layers
     if keep and not 2 <= keep <= depth:
         raise ModelError(f"model.keep_layers={keep} is outside 2..{depth} (the model has {depth} blocks)")
-    resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, keep or depth)
+    start_cuts(cfg, keep or depth)
+
+
+def start_cuts(cfg: Config, num_blocks: int) -> list[int]:
+    """Every client's starting cut from ``split.cuts`` (empty: spread evenly over the cuts that
+    leave the longest tail's blocks to the client), checked against its tail."""
+    tails = [cfg.split.tail_of(i) for i in range(cfg.federation.num_clients)]
+    check_tail_length(tails, num_blocks)
+    spread_over = num_blocks - (0 if cfg.split.cuts else max(tails))
+    cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, spread_over)
+    check_tails(cuts, tails, num_blocks)
+    return cuts
 
 
 def load_shared_model(cfg: Config, tokenizer: Any) -> SharedModel:
@@ -118,7 +130,7 @@ def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> 
         data = prepare(tokenizer)
     shared = load_shared_model(cfg, tokenizer)
     model = shared.model
-    cuts = resolve_cuts(cfg.split.cuts, cfg.federation.num_clients, model.num_blocks)
+    cuts = start_cuts(cfg, model.num_blocks)
     uses_accuracy = method.splits and POLICIES.get(cfg.policy.name).uses_accuracy
     heldout = cfg.policy.heldout_samples if uses_accuracy else 0
     timer = RoundTimer(cfg, model.model.config, model.num_blocks, method.splits, heldout)

@@ -1,8 +1,11 @@
 """The client role: embeddings + blocks ``[0, cut)`` with its own LoRA copy, and its data.
 
 Its raw text never leaves it: what it sends is the hidden state at its cut (the smashed data),
-the labels and attention mask of the batch, and its adapters at the end of a round. Every
-method takes and returns codec bytes, so the same object serves any runtime.
+the labels and attention mask of the batch, and its adapters at the end of a round. In a
+U-shaped split (``split.shape = "u"``; docs/architecture.md, D11) it also runs the last
+``split.tail`` blocks, the head and the loss (:meth:`Client.tail_step`), so it sends no labels:
+only hidden states, the gradient at the tail's input and the attention mask. Every method takes
+and returns codec bytes, so the same object serves any runtime.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
 from splitft.config_codec import client_format
 from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
-from splitft.model.lora import AdapterLayout, copy_ranks
+from splitft.model.lora import AdapterLayout
+from splitft.model.segments import Segments
 from splitft.model.split import SplitModel
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.feedback import ErrorFeedback
@@ -57,6 +61,10 @@ class Client:
         self.params: dict[str, torch.Tensor] = {}
         self.optimizer: AdapterOptimizer | None = None
         self._pending: torch.Tensor | None = None
+        self._tail_batch: dict[str, torch.Tensor] | None = None
+        """U shape: labels and attention mask of the batch (or held-out samples) in flight, for the tail."""
+        self.gradient_feedback = ErrorFeedback()
+        """U shape, lossy gradient formats: the residual of the gradient at the tail's input."""
         self.reference: dict[str, torch.Tensor] = {}
         """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
         self.feedback = ErrorFeedback()
@@ -72,8 +80,21 @@ class Client:
         return client_format(self.cfg.codec.adapters, self.client_id, "fp32")
 
     @property
+    def gradient_format(self) -> str:
+        codec = self.cfg.codec
+        return client_format(codec.gradients, self.client_id, codec.gradient_dtype)
+
+    @property
+    def segments(self) -> Segments:
+        return Segments(self.model.num_blocks, self.cut, self.cfg.split.tail_of(self.client_id))
+
+    @property
+    def u_shape(self) -> bool:
+        return self.segments.tail > 0
+
+    @property
     def ranks(self) -> dict[str, int]:
-        return copy_ranks(self.layout, range(self.cut), self.cut - 1, self.cfg.lora.client_cut_rank)
+        return self.segments.client_ranks(self.layout, self.cfg.lora.client_cut_rank)
 
     def begin_round(self, payload: bytes) -> bytes:
         """Take the round's cut and the global adapters of blocks ``[0, cut)``.
@@ -91,7 +112,7 @@ class Client:
             self.params, self.optimizer = retarget(
                 self.params,
                 self.optimizer,
-                self.layout.names(range(cut)),
+                self.layout.names(self.segments.client_blocks),
                 self.layout.shapes,
                 self.model.device,
                 self.cfg.train,
@@ -134,15 +155,59 @@ class Client:
         return self._smashed(self._pending.detach(), batch)
 
     def _smashed(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> bytes:
-        """The message a client sends at its cut: hidden state, labels, attention mask."""
+        """The message a client sends at its cut: hidden state, labels, attention mask. A
+        U-shaped client keeps the labels for its tail; its mask travels as control, in bool (it
+        shows the length of every sequence, and the server needs it for attention)."""
         value, wire_dtype = encode_value(hidden.cpu(), self.activation_format)
-        return encode_message(
-            [
-                Entry("hidden", "activations", value, wire_dtype=wire_dtype),
+        if self.u_shape:
+            self._tail_batch = {"labels": batch["labels"], "attention_mask": batch["attention_mask"]}
+            entries = [Entry("attention_mask", "control", batch["attention_mask"].bool())]
+        else:
+            entries = [
                 Entry("labels", "labels", batch["labels"].to(torch.int32)),
                 Entry("attention_mask", "labels", batch["attention_mask"].to(torch.uint8)),
             ]
+        return encode_message([Entry("hidden", "activations", value, wire_dtype=wire_dtype), *entries]).data
+
+    def tail_step(self, payload: bytes) -> bytes:
+        """U shape: from the hidden state the server sent down, run the tail, the head and the
+        loss, backpropagate them, and send up the gradient at the tail's input and the step's
+        loss statistics (the client's adapters step in :meth:`backward_step`)."""
+        hidden, mask, labels = self._tail_input(payload)
+        hidden.requires_grad_(True)
+        loss_sum, tokens, correct = self.model.server_stats(
+            self.segments.tail_start, hidden, mask, labels, self.params
+        )
+        (loss_sum / max(tokens, 1)).backward()
+        # The server's graph continues from what it sent; a lossy format keeps our residual.
+        value, dtype = self.gradient_feedback.encode("grad", hidden.grad.cpu(), self.gradient_format)
+        stats = {"loss_sum": float(loss_sum.detach()), "tokens": tokens, "correct": correct}
+        return encode_message(
+            [
+                Entry("grad", "gradients", value, wire_dtype=dtype, scaled=dtype == "fp16"),
+                Entry("control", "control", stats),
+            ]
         ).data
+
+    def heldout_score(self, payload: bytes) -> bytes:
+        """U shape: score the held-out samples of :meth:`heldout_forward` from the hidden state
+        the server sent down (the global set's tail, head and loss, on this device)."""
+        hidden, mask, labels = self._tail_input(payload)
+        with torch.no_grad():
+            loss_sum, tokens, correct = self.model.server_stats(
+                self.segments.tail_start, hidden, mask, labels, self.params
+            )
+        return control(loss_sum=float(loss_sum), tokens=tokens, correct=correct)
+
+    def _tail_input(self, payload: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The hidden state the server sent down (as decoded: the tail computes on exactly that),
+        and the attention mask and labels of the batch it belongs to."""
+        if self._tail_batch is None:
+            raise RuntimeError("a tail call came before the forward call of its batch")
+        device = self.model.device
+        hidden = decode_value(read(payload)["hidden"]).to(device, torch.float32)
+        batch = self._tail_batch
+        return hidden, batch["attention_mask"].to(device, torch.long), batch["labels"].to(device, torch.long)
 
     def backward_step(self, payload: bytes) -> bytes:
         """Backpropagate the gradient at the cut and step this client's adapters."""
@@ -152,7 +217,7 @@ class Client:
         # Straight-through: the server's gradient w.r.t. what it decoded drives our own graph.
         grad = decode_value(message["grad"]).to(self._pending.device, self._pending.dtype)
         self._pending.backward(grad)
-        self._pending = None
+        self._pending = self._tail_batch = None
         self.optimizer.step(int(message["control"]["step"]))
         return control(ok=True)
 
@@ -177,6 +242,8 @@ class Client:
         if self.adapter_format in DELTA_FORMATS:
             state["reference"] = dict(self.reference)
             state["feedback"] = self.feedback.state_dict()
+        if self.u_shape:
+            state["gradient_feedback"] = self.gradient_feedback.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -187,7 +254,7 @@ class Client:
             self.params, self.optimizer = retarget(
                 {},
                 None,
-                self.layout.names(range(self.cut)),
+                self.layout.names(self.segments.client_blocks),
                 self.layout.shapes,
                 self.model.device,
                 self.cfg.train,
@@ -197,6 +264,7 @@ class Client:
         device = self.model.device
         self.reference = {n: t.to(device, torch.float32) for n, t in state.get("reference", {}).items()}
         self.feedback.load_state_dict(state.get("feedback", {}))
+        self.gradient_feedback.load_state_dict(state.get("gradient_feedback", {}))
 
     def export_state(self, payload: bytes) -> bytes:
         """:meth:`state_dict` as codec bytes, so a checkpoint works wherever the client runs (the

@@ -1,4 +1,6 @@
-"""The main server role: blocks ``[cut, M)`` + final norm + head + loss, for every client.
+"""The main server role: blocks ``[cut, M)`` + final norm + head + loss, for every client; in a
+U-shaped split (docs/architecture.md, D11) blocks ``[cut, M - tail)`` only, in two calls per
+step (:meth:`MainServer.forward_middle`, :meth:`MainServer.backward_middle`).
 
 It keeps one server-side copy of the adapters per client (docs/architecture.md, D1: every
 client owns a full adapter stack, wherever it lives), so per-client cuts never conflict, and
@@ -18,12 +20,13 @@ from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.optim import AdapterOptimizer, retarget
 from splitft.config import Config
 from splitft.config_codec import client_format
-from splitft.model.lora import AdapterLayout, Adapters, component_mask, copy_ranks
+from splitft.model.lora import AdapterLayout, Adapters, component_mask
+from splitft.model.segments import Segments
 from splitft.model.split import SplitModel
-from splitft.wire.checks import smashed
-from splitft.wire.codec import Entry, encode_message
+from splitft.wire.checks import FLOATS, smashed, step_stats, tensor
+from splitft.wire.codec import Entry, decode_message, encode_message
 from splitft.wire.feedback import ErrorFeedback
-from splitft.wire.quantize import decode_value
+from splitft.wire.quantize import decode_value, encode_value
 
 
 @dataclass
@@ -55,6 +58,12 @@ class MainServer:
         self.vocab_size = model.model.get_output_embeddings().weight.shape[0]
         self.feedback = ErrorFeedback()
         """Gradients at the cut in a lossy format: each client's residual not yet sent."""
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """U shape: per client, (the hidden state received, the middle's output) of the step
+        between :meth:`forward_middle` and :meth:`backward_middle`, with its graph."""
+
+    def segments(self, client_id: int, cut: int) -> Segments:
+        return Segments(self.model.num_blocks, cut, self.cfg.split.tail_of(client_id))
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
         """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
@@ -62,7 +71,7 @@ class MainServer:
         copy = self.copies.get(client_id)
         if copy is not None and copy.cut == cut:
             return copy
-        ranks = copy_ranks(self.layout, range(cut, self.model.num_blocks), cut, self.cfg.lora.server_cut_rank)
+        ranks = self.segments(client_id, cut).server_ranks(self.layout, self.cfg.lora.server_cut_rank)
         params, optimizer = retarget(
             copy.params if copy else {},
             copy.optimizer if copy else None,
@@ -111,21 +120,24 @@ class MainServer:
         if not message:
             return StepStats(0.0, 0, 0)
         device = self.model.device
-        # The global set as this client's copy holds it (its first block at rank r_cut), so the
-        # score is of the model the client and the server train together.
-        global_part = {
-            n: global_adapters[n] * component_mask(n, global_adapters[n].shape, copy.ranks[n]).to(device)
-            for n in copy.params
-        }
         with torch.no_grad():
             loss_sum, tokens, correct = self.model.server_stats(
                 copy.cut,
                 decode_value(message["hidden"]).to(device, torch.float32),
                 message["attention_mask"].to(device),
                 message["labels"].to(device, torch.long),
-                global_part,
+                self._global_part(copy, global_adapters),
             )
         return StepStats(float(loss_sum), tokens, correct)
+
+    def _global_part(self, copy: _ServerCopy, global_adapters: Adapters) -> dict[str, torch.Tensor]:
+        """The global set as ``copy`` holds it (its boundary blocks at rank r_cut), so a score is
+        of the model the client and the server train together."""
+        device = self.model.device
+        return {
+            n: global_adapters[n] * component_mask(n, global_adapters[n].shape, copy.ranks[n]).to(device)
+            for n in copy.params
+        }
 
     def train_step(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
         """Forward + backward from the client's smashed data; returns the gradient message."""
@@ -141,15 +153,75 @@ class MainServer:
         )
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)
+        grad = self._gradient_message(client_id, hidden.grad, global_step)
+        return grad, StepStats(float(loss_sum.detach()), tokens, correct, *hidden.shape[:2])
+
+    def _gradient_message(self, client_id: int, grad: torch.Tensor, global_step: int) -> bytes:
+        """The gradient at client ``client_id``'s cut, in its gradient format (a lossy one
+        through this server's error feedback for that client)."""
         spec = client_format(self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype)
-        value, dtype = self.feedback.encode(str(client_id), hidden.grad.cpu(), spec)
-        grad = encode_message(
+        value, dtype = self.feedback.encode(str(client_id), grad.cpu(), spec)
+        return encode_message(
             [
                 Entry("grad", "gradients", value, wire_dtype=dtype, scaled=dtype == "fp16"),
                 Entry("control", "control", {"step": global_step}),
             ]
         ).data
-        return grad, StepStats(float(loss_sum.detach()), tokens, correct, *hidden.shape[:2])
+
+    def forward_middle(self, client_id: int, payload: bytes) -> bytes:
+        """U shape: blocks ``[cut, M - tail)`` from a client's hidden state and attention mask
+        (no labels); returns the hidden state for its tail and keeps the graph for
+        :meth:`backward_middle` (holding it costs memory per client in flight; recomputing would
+        cost the middle's forward again)."""
+        copy = self.copies[client_id]
+        message = smashed(payload, self.model.embed_dim, self.vocab_size, labels=False)
+        hidden = message["hidden"].to(self.model.device, torch.float32).requires_grad_(True)
+        end = self.segments(client_id, copy.cut).tail_start
+        mask = message["attention_mask"].to(self.model.device)
+        out = self.model.middle_forward(copy.cut, end, hidden, mask, self._params_for(copy))
+        self._pending[client_id] = (hidden, out)
+        return self._hidden_message(client_id, out)
+
+    def backward_middle(self, client_id: int, payload: bytes, global_step: int) -> tuple[bytes, StepStats]:
+        """U shape: backpropagate the gradient the client sent up (at its tail's input) through
+        the middle, step the copy, and return the gradient at the cut; the step's loss
+        statistics are the client's, checked."""
+        hidden, out = self._pending.pop(client_id)
+        message = decode_message(payload)
+        grad = tensor(message, "grad", FLOATS, tuple(out.shape))  # ReplyError: drop the client
+        stats = step_stats(message.get("control"))
+        out.backward(grad.to(out.device, out.dtype))
+        self.copies[client_id].optimizer.step(global_step)
+        reply = self._gradient_message(client_id, hidden.grad, global_step)
+        return reply, StepStats(*stats, *hidden.shape[:2])
+
+    def forget_step(self, client_id: int) -> None:
+        """U shape: drop the graph :meth:`forward_middle` kept for a client whose step failed."""
+        self._pending.pop(client_id, None)
+
+    def score_middle(self, client_id: int, payload: bytes, global_adapters: Adapters) -> bytes:
+        """U shape, held-out check: the middle of the global set on a client's held-out hidden
+        states; the client scores the result with its tail (empty when it holds nothing out)."""
+        copy = self.copies[client_id]
+        message = smashed(payload, self.model.embed_dim, self.vocab_size, optional=True, labels=False)
+        if not message:
+            return encode_message([]).data
+        end = self.segments(client_id, copy.cut).tail_start
+        hidden = message["hidden"].to(self.model.device, torch.float32)
+        with torch.no_grad():
+            mask = message["attention_mask"].to(self.model.device)
+            out = self.model.middle_forward(
+                copy.cut, end, hidden, mask, self._global_part(copy, global_adapters)
+            )
+        return self._hidden_message(client_id, out)
+
+    def _hidden_message(self, client_id: int, hidden: torch.Tensor) -> bytes:
+        """A hidden state sent down to a client's tail, in its activation format (both
+        directions share it; no error feedback: each batch is different data)."""
+        codec = self.cfg.codec
+        spec = client_format(codec.activations, client_id, codec.activation_dtype)
+        value, dtype = encode_value(hidden.detach().cpu(), spec)
+        return encode_message([Entry("hidden", "activations", value, wire_dtype=dtype)]).data
 
     def contributions(self, weights: dict[int, float]) -> list[Contribution]:
         """The server-side copies of the clients in ``weights``, for the merge."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from splitft.algorithms.optim import retarget
-from splitft.model.lora import Adapters, component_mask, copy_ranks
+from splitft.model.lora import Adapters, component_mask
 from splitft.roles.main_server import MainServer, _ServerCopy
 
 
@@ -48,8 +48,9 @@ class SharedMainServer(MainServer):
         self.optimizer.reset(names)
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
-        """Client ``client_id``'s view of the shared set: its blocks ``[cut, M)`` and ranks."""
-        ranks = copy_ranks(self.layout, range(cut, self.model.num_blocks), cut, self.cfg.lora.server_cut_rank)
+        """Client ``client_id``'s view of the shared set: its blocks ``[cut, M)`` (``[cut, M - tail)``
+        in a U shape) and ranks."""
+        ranks = self.segments(client_id, cut).server_ranks(self.layout, self.cfg.lora.server_cut_rank)
         view = _ServerCopy(cut, {n: self.shared[n] for n in ranks}, self.optimizer, ranks)
         self.copies[client_id] = view
         return view

@@ -49,6 +49,8 @@ CLIENT_METHODS = frozenset(
         "backward_step",
         "end_round",
         "heldout_forward",
+        "tail_step",
+        "heldout_score",
         "export_state",
         "restore_state",
     }

@@ -13,6 +13,11 @@ backward + optimizer step] -> held-out evaluation -> adapter upload. The one mai
 runs its jobs FIFO in arrival order (ties: lower client index first); the server link is
 not shared (a 10 Gbit/s server link is never the bottleneck of phone-class clients).
 
+A U-shaped step (docs/architecture.md, D11) has four legs and two server jobs: client forward
+-> upload (hidden state + mask) -> server forward (a queued job) -> download (hidden state) ->
+client tail, head, loss and their backward -> upload (gradient) -> server backward (a second
+queued job) -> download (gradient) -> client backward and optimizer step.
+
 The held-out evaluation the policy needs is split like training: after the adapter upload the
 client forwards its held-out samples through its own blocks (``eval_client_flops`` on its
 device) and the main server runs the rest and scores (``eval_flops``, a FIFO job like any
@@ -73,6 +78,20 @@ class ClientWork:
     eval_client_flops: float = 0.0
     """The client's part of the held-out evaluation (its blocks, on its device); ``eval_flops``
     is the server's part."""
+    tail_flops: float = 0.0
+    """U shape (docs/architecture.md, D11): the client's tail, head and loss per step, between
+    the server's two jobs; 0: a vanilla step, one server job."""
+    server_backward_flops: float = 0.0
+    """U shape: the server's second job of a step (``server_flops`` is then its first)."""
+    tail_down_bytes: float = 0.0
+    """U shape: the middle's output, down to the tail."""
+    tail_up_bytes: float = 0.0
+    """U shape: the gradient at the tail's input, up to the server."""
+
+    @property
+    def jobs_per_step(self) -> int:
+        """Server jobs of one training step: 2 in a U shape (forward, then backward)."""
+        return 2 if self.tail_flops else 1
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -103,6 +122,10 @@ class ClientWork:
             adapter_bytes,
             eval_flops,
             eval_client_flops=eval_client_flops,
+            tail_flops=costs.tail_flops,
+            server_backward_flops=costs.server_backward_flops,
+            tail_down_bytes=costs.tail_down_bytes,
+            tail_up_bytes=costs.tail_up_bytes,
         )
 
 
@@ -147,6 +170,12 @@ class _Client:
         self.up_bps, self.down_bps = min(d.up_bps, server.down_bps), min(server.up_bps, d.down_bps)
         self.start = self.t = start
         self.jobs = 0  # server jobs served so far
+        self.in_tail = False  # U shape: the step's first server job is done, the tail runs next
+
+    @property
+    def step_index(self) -> int:
+        """The step the next server job belongs to (a U-shaped step has two jobs)."""
+        return self.jobs // self.work.jobs_per_step
 
     def compute(self, flops: float) -> None:
         seconds = flops / self.work.device.flops
@@ -161,6 +190,8 @@ class _Client:
     def next_job(self) -> tuple[float, float] | None:
         """(arrival at the server, server FLOPs) of the next job, or None when done."""
         w = self.work
+        if self.in_tail:
+            return self._tail_job()
         if self.steps_left > 0:
             self.compute(w.forward_flops)
             self.transfer(w.up_bytes, up=True)
@@ -180,10 +211,23 @@ class _Client:
         self.t = end
         if self.evaluating:
             return False
+        if self.work.tail_flops and not self.in_tail:
+            self.in_tail = True  # U shape: next_job runs the tail and queues the server's backward
+            return True
+        self.in_tail = False
         self.steps_left -= 1  # a training step: gradient back, client backward
         self.transfer(self.work.down_bytes, up=False)
         self.compute(self.work.backward_flops)
         return True
+
+    def _tail_job(self) -> tuple[float, float]:
+        """U shape: the middle's output down, the tail, head and loss, the gradient up; then the
+        server's backward job."""
+        w = self.work
+        self.transfer(w.tail_down_bytes, up=False)
+        self.compute(w.tail_flops)
+        self.transfer(w.tail_up_bytes, up=True)
+        return self.t, w.server_backward_flops
 
 
 def _run(
@@ -205,7 +249,7 @@ def _run(
     while pending:
         # Every client not done has its next arrival here (computed as soon as its previous
         # job ended), so the earliest one is the next job in FIFO order.
-        i = min(pending, key=lambda c: (clients[c].jobs, c) if in_order else (pending[c][0], c))
+        i = min(pending, key=lambda c: (clients[c].step_index, c) if in_order else (pending[c][0], c))
         arrival, flops = pending.pop(i)
         start = max(arrival, server_free)
         server_free = start + flops / server.flops
@@ -284,11 +328,13 @@ def predict_round(
     server_r_cut: int | None = None,
     in_order: bool = False,
     formats: Sequence[tuple[str, str | None, str]] | None = None,
+    tails: Sequence[int] = (),
 ) -> RoundTiming:
     """Predicted timing of a round where client ``i`` has ``profiles[i]`` and cuts at ``cuts[i]``
     (and, with ``heldout_samples``, then scores that many held-out sequences, split at its cut).
     ``formats[i]``: client ``i``'s (activation, gradient or None = the same, adapter) formats;
-    None: ``wire_dtype`` for both cut tensors and fp32 adapters."""
+    None: ``wire_dtype`` for both cut tensors and fp32 adapters. ``tails[i]``: client ``i``'s
+    U-shape tail (empty: vanilla splits)."""
     if len(profiles) != len(cuts):
         raise ConfigError(f"{len(profiles)} device profiles but {len(cuts)} cuts")
     works = []
@@ -305,8 +351,9 @@ def predict_round(
             activations,
             server_r_cut,
             gradients,
+            tail=tails[i] if tails else 0,
         )
-        on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut)
+        on_client, on_server = heldout_flops(shape, heldout_samples, seq_len, cut, tails[i] if tails else 0)
         per_param = ADAPTER_BYTES_PER_PARAM[adapters]
         works.append(ClientWork.from_costs(device, costs, steps, on_server, on_client, per_param))
     return simulate_round(server, works, order, in_order)

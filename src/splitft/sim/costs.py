@@ -21,13 +21,9 @@ its gradient; OPT's ``project_out`` (``h != e``) adds ``4*h*e`` per token, ``pro
 ``2*e*h`` per token of client forward. Elementwise work (norms, activations) is left out;
 GPT-Neo's local-attention layers are counted as full attention (an upper bound).
 
-Client memory (bytes, fp32): frozen embeddings (``V*e``, plus positions ``max_pos*h`` for
-GPT-2/OPT/GPT-Neo) + ``cut`` blocks of ``P`` weights + activations kept for backward + adapters
-x4 (weights, gradients, two AdamW moments) + ``RUNTIME_OVERHEAD_BYTES``. Activations per token
-per block, in floats: ``4*h`` (inputs and outputs of both norms) + ``q + 2*kv`` (Q, K, V) +
-``heads*s`` (attention probabilities, kept by eager attention) + ``q`` (input of the output
-projection) + ``4*I`` gated (gate, up, activation, product) or ``2*I`` (pre- and post-activation).
-LoRA's rank-r intermediates add < 1% and are left out.
+Memory (what a device must hold for a cut) is in ``memory.py``. A U-shaped split
+(docs/architecture.md, D11) moves the head, the loss and the last ``tail`` blocks to the client:
+:meth:`StepCosts.for_cut` with ``tail`` splits the step into its four legs.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from typing import Any
 
 from splitft.config_codec import ADAPTER_FORMATS, CUT_FORMATS, WIRE_DTYPES, cut_format_ok
 from splitft.errors import ConfigError, ModelError
-from splitft.sim.devices import DeviceProfile
 from splitft.wire.quantize import GROUP, wire_size
 
 FLOAT_BYTES = 4
@@ -60,10 +55,10 @@ ADAPTER_BYTES_PER_PARAM = dict(
 fp32 scale per 64 values)."""
 LABEL_BYTES_PER_TOKEN = 5
 """Labels travel as int32 and the attention mask as uint8 (``client.forward_step``)."""
+MASK_BYTES_PER_TOKEN = 1
+"""A U-shaped client sends only the attention mask (uint8) with its hidden state."""
 ADAMW_FLOPS_PER_PARAM = 12
 LOSS_FLOPS_PER_LOGIT = 5
-RUNTIME_OVERHEAD_BYTES = 32 * 2**20
-"""Allocator slack, kernel workspaces, the batch and the received gradient."""
 
 GATED_MLP = {"llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "phi3", "olmo", "olmo2"}
 ABSOLUTE_POSITIONS = {"gpt2", "opt", "gpt_neo", "gpt_bigcode", "biogpt"}
@@ -142,6 +137,13 @@ class ModelShape:
         return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim + mlp
 
     @property
+    def head_params(self) -> int:
+        """Weights of the LM head beyond the embeddings: none when tied (it is the embedding
+        matrix), else ``V*e``; OPT's ``project_out`` (``h != e``) adds ``h*e``."""
+        project_out = self.embed_dim * self.hidden if self.embed_dim != self.hidden else 0
+        return (0 if self.tied else self.vocab * self.embed_dim) + project_out
+
+    @property
     def embedding_params(self) -> int:
         project_in = self.embed_dim * self.hidden if self.embed_dim != self.hidden else 0
         return self.vocab * self.embed_dim + self.max_positions * self.hidden + project_in
@@ -186,13 +188,20 @@ def embed_flops(shape: ModelShape, tokens: int) -> int:
 
 
 def block_ranks(
-    num_blocks: int, cut: int, r_others: int, r_cut: int, server_r_cut: int | None = None
+    num_blocks: int, cut: int, r_others: int, r_cut: int, server_r_cut: int | None = None, tail: int = 0
 ) -> list[int]:
     """Trained LoRA rank per block for one client: ``r_cut`` on the client's last block,
-    ``server_r_cut`` (default ``r_cut``) on the server's first, ``r_others`` elsewhere."""
-    if not 1 <= cut <= num_blocks - 1:
-        raise ConfigError(f"cut {cut} is outside 1..{num_blocks - 1} (the model has {num_blocks} blocks)")
-    by_block = {cut - 1: r_cut, cut: r_cut if server_r_cut is None else server_r_cut}
+    ``server_r_cut`` (default ``r_cut``) on the server's first, ``r_others`` elsewhere; with a
+    ``tail`` (U shape) also ``r_cut`` on the tail's first block and ``server_r_cut`` on the
+    server's last."""
+    if not 1 <= cut <= num_blocks - tail - 1:
+        raise ConfigError(
+            f"cut {cut} is outside 1..{num_blocks - tail - 1} (the model has {num_blocks} blocks)"
+        )
+    server = r_cut if server_r_cut is None else server_r_cut
+    by_block = {cut - 1: r_cut, cut: server}
+    if tail:
+        by_block.update({num_blocks - tail: r_cut, num_blocks - tail - 1: server})
     return [by_block.get(b, r_others) for b in range(num_blocks)]
 
 
@@ -221,25 +230,35 @@ def unsplit_step_flops(
 def eval_flops(shape: ModelShape, samples: int, seq_len: int) -> int:
     """Forward FLOPs of scoring ``samples`` held-out sequences with the whole model."""
     tokens = samples * seq_len
-    head_fwd = tokens * (2 * shape.embed_dim * shape.vocab + LOSS_FLOPS_PER_LOGIT * shape.vocab)
     blocks = shape.num_blocks * block_forward_flops(shape, tokens, seq_len)
-    return embed_flops(shape, tokens) + blocks + head_fwd
+    return embed_flops(shape, tokens) + blocks + head_eval_flops(shape, tokens)
 
 
-def heldout_flops(shape: ModelShape, samples: int, seq_len: int, cut: int) -> tuple[int, int]:
+def head_eval_flops(shape: ModelShape, tokens: int) -> int:
+    """Forward FLOPs of the LM head and the loss (scoring, no gradient)."""
+    return tokens * (2 * shape.embed_dim * shape.vocab + LOSS_FLOPS_PER_LOGIT * shape.vocab)
+
+
+def heldout_flops(shape: ModelShape, samples: int, seq_len: int, cut: int, tail: int = 0) -> tuple[int, int]:
     """(client, server) forward FLOPs of a held-out check at ``cut``: the client runs the
-    embedding and its ``cut`` blocks on its own device, the main server the rest and the scoring."""
+    embedding and its ``cut`` blocks on its own device, the main server the rest and the
+    scoring; with a ``tail`` (U shape) the client also runs the tail's blocks and the scoring."""
     tokens = samples * seq_len
-    client = embed_flops(shape, tokens) + cut * block_forward_flops(shape, tokens, seq_len)
+    client = embed_flops(shape, tokens) + (cut + tail) * block_forward_flops(shape, tokens, seq_len)
+    if tail:
+        client += head_eval_flops(shape, tokens)
     return client, eval_flops(shape, samples, seq_len) - client
 
 
 def client_lora_params(
-    shape: ModelShape, cut: int, r_others: int, r_cut: int, adapted: Projections | None = None
+    shape: ModelShape, cut: int, r_others: int, r_cut: int, adapted: Projections | None = None, tail: int = 0
 ) -> int:
-    """Adapter parameters a client trains at ``cut`` (its last block at ``r_cut``)."""
+    """Adapter parameters a client trains at ``cut`` (its last block at ``r_cut``), and on its
+    ``tail`` (U shape; the tail's first block at ``r_cut``)."""
     adapted = adapted or shape.adapted_projections()
-    return sum(lora_params(r, adapted) for r in block_ranks(shape.num_blocks, cut, r_others, r_cut)[:cut])
+    ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut, tail=tail)
+    client = ranks[:cut] + ranks[shape.num_blocks - tail :] if tail else ranks[:cut]
+    return sum(lora_params(r, adapted) for r in client)
 
 
 def wire_itemsize(dtype: str) -> int:
@@ -260,7 +279,13 @@ def cut_bytes(spec: str, batch: int, seq_len: int, hidden: int) -> int:
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Predicted FLOPs and bytes of one split step for one client at one cut."""
+    """Predicted FLOPs and bytes of one split step for one client at one cut.
+
+    A U-shaped step (``tail`` > 0; docs/architecture.md, D11) has four legs: ``up_bytes`` (the
+    hidden state at the cut and the attention mask) -> ``server_flops`` (the middle's forward) ->
+    ``tail_down_bytes`` (its output) -> ``tail_flops`` on the client -> ``tail_up_bytes`` (the
+    gradient at the tail's input) -> ``server_backward_flops`` -> ``down_bytes`` (the gradient
+    at the cut) -> ``client_backward_flops``. Vanilla steps leave the ``tail`` fields at 0."""
 
     cut: int
     client_forward_flops: int
@@ -269,6 +294,10 @@ class StepCosts:
     up_bytes: int  # activations at the cut + labels + attention mask
     down_bytes: int  # gradient at the cut
     client_lora_params: int
+    tail_flops: int = 0  # U shape: tail blocks, head and loss, forward and backward, AdamW
+    server_backward_flops: int = 0  # U shape: the middle's backward and AdamW (server_flops: its forward)
+    tail_down_bytes: int = 0  # U shape: the middle's output, down to the tail
+    tail_up_bytes: int = 0  # U shape: the gradient at the tail's input, up
 
     @classmethod
     def for_cut(
@@ -283,91 +312,38 @@ class StepCosts:
         wire_dtype: str = "fp32",
         server_r_cut: int | None = None,
         gradient_format: str | None = None,
+        tail: int = 0,
     ) -> StepCosts:
         """``wire_dtype``: the format of activations (config.CUT_FORMATS); ``gradient_format``
-        that of gradients (None: the same)."""
+        that of gradients (None: the same); ``tail``: a U shape's tail (0: vanilla)."""
         adapted = adapted_per_block or shape.adapted_projections()
-        ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut, server_r_cut)
+        ranks = block_ranks(shape.num_blocks, cut, r_others, r_cut, server_r_cut, tail)
         tokens = batch * seq_len
+        tail_start = shape.num_blocks - tail
         client_fwd, client_bwd = _blocks_flops(shape, tokens, seq_len, ranks[:cut], adapted)
-        server_fwd, server_bwd = _blocks_flops(shape, tokens, seq_len, ranks[cut:], adapted)
+        server_fwd, server_bwd = _blocks_flops(shape, tokens, seq_len, ranks[cut:tail_start], adapted)
         activations = cut_bytes(wire_dtype, batch, seq_len, shape.hidden)
         gradients = cut_bytes(gradient_format or wire_dtype, batch, seq_len, shape.hidden)
-        return cls(
+        common = dict(
             cut=cut,
             client_forward_flops=embed_flops(shape, tokens) + client_fwd,
             client_backward_flops=client_bwd,
-            server_flops=server_fwd + server_bwd + head_flops(shape, tokens),
-            up_bytes=activations + tokens * LABEL_BYTES_PER_TOKEN,
             down_bytes=gradients,
-            client_lora_params=client_lora_params(shape, cut, r_others, r_cut, adapted),
+            client_lora_params=client_lora_params(shape, cut, r_others, r_cut, adapted, tail),
         )
-
-
-def whole_model_memory_bytes(shape: ModelShape, batch: int, seq_len: int, r_others: int) -> int:
-    """Peak training memory of a device holding the whole model (fedlora): every block, and
-    the logits with their gradient on top of the split client's terms."""
-    tokens = batch * seq_len
-    lora = shape.num_blocks * lora_params(r_others, shape.adapted_projections())
-    logits = 2 * tokens * shape.vocab
-    return client_memory_bytes(shape, shape.num_blocks, batch, seq_len, lora) + FLOAT_BYTES * logits
-
-
-def activation_floats_per_token(shape: ModelShape, seq_len: int) -> int:
-    """Floats one block keeps per token for its backward (see the module docstring)."""
-    mlp = (4 if shape.gated_mlp else 2) * shape.intermediate
-    return 4 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + shape.num_heads * seq_len + mlp
-
-
-def client_memory_bytes(
-    shape: ModelShape, cut: int, batch: int, seq_len: int, lora_params_client: int
-) -> int:
-    """Peak training memory of a client holding the embeddings and blocks [0, cut)."""
-    tokens = batch * seq_len
-    weights = shape.embedding_params + cut * shape.block_params
-    activations = tokens * cut * activation_floats_per_token(shape, seq_len)
-    return FLOAT_BYTES * (weights + activations + 4 * lora_params_client) + RUNTIME_OVERHEAD_BYTES
-
-
-def max_cut_that_fits(
-    shape: ModelShape,
-    device: DeviceProfile,
-    batch: int,
-    seq_len: int,
-    r_others: int = 16,
-    r_cut: int = 8,
-    adapted_per_block: Projections | None = None,
-) -> int:
-    """The largest cut in 1..M-1 whose client memory fits the device's; 0 if cut 1 does not."""
-    best = 0
-    for cut in range(1, shape.num_blocks):
-        lora = client_lora_params(shape, cut, r_others, r_cut, adapted_per_block)
-        if client_memory_bytes(shape, cut, batch, seq_len, lora) > device.memory_bytes:
-            break
-        best = cut
-    return best
-
-
-def check_fits(
-    shape: ModelShape,
-    devices: Sequence[DeviceProfile],
-    batch: int,
-    seq_len: int,
-    r_others: int = 16,
-    r_cut: int = 8,
-    adapted_per_block: Projections | None = None,
-) -> list[int]:
-    """Every client's largest cut (client order); ConfigError for a client that cannot hold one block."""
-    cuts = []
-    for i, device in enumerate(devices):
-        cut = max_cut_that_fits(shape, device, batch, seq_len, r_others, r_cut, adapted_per_block)
-        if cut == 0:
-            lora = client_lora_params(shape, 1, r_others, r_cut, adapted_per_block)
-            need = client_memory_bytes(shape, 1, batch, seq_len, lora)
-            raise ConfigError(
-                f"client {i} ({device.name}) has {device.memory_bytes / 1e6:.1f} MB of usable memory, "
-                f"but the embeddings and one block need {need / 1e6:.1f} MB (batch {batch}, seq_len {seq_len}); "
-                "give it more memory or use a smaller batch or sequence length"
+        if not tail:
+            return cls(
+                **common,
+                server_flops=server_fwd + server_bwd + head_flops(shape, tokens),
+                up_bytes=activations + tokens * LABEL_BYTES_PER_TOKEN,
             )
-        cuts.append(cut)
-    return cuts
+        tail_fwd, tail_bwd = _blocks_flops(shape, tokens, seq_len, ranks[tail_start:], adapted)
+        return cls(
+            **common,
+            server_flops=server_fwd,
+            up_bytes=activations + tokens * MASK_BYTES_PER_TOKEN,
+            tail_flops=tail_fwd + tail_bwd + head_flops(shape, tokens),
+            server_backward_flops=server_bwd,
+            tail_down_bytes=activations,
+            tail_up_bytes=gradients,
+        )

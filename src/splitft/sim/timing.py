@@ -9,20 +9,15 @@ enters, so two runs of one config get identical virtual times.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from splitft.config import Config
 from splitft.config_codec import client_format
 from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
-from splitft.sim.costs import (
-    ModelShape,
-    StepCosts,
-    check_fits,
-    heldout_flops,
-    unsplit_step_flops,
-    whole_model_memory_bytes,
-)
+from splitft.sim.costs import ModelShape, StepCosts, heldout_flops, unsplit_step_flops
 from splitft.sim.devices import DeviceProfile, parse_profiles, server_profile
+from splitft.sim.memory import check_fits, whole_model_memory_bytes
 from splitft.wire.ledger import ByteLedger
 
 
@@ -53,6 +48,8 @@ class RoundTimer:
         n = cfg.federation.num_clients
         self.devices: list[DeviceProfile] = parse_profiles(cfg.devices.clients or cfg.devices.preset, n)
         self.server = server_profile(server_speed(cfg.devices.server))
+        self.tails = [cfg.split.tail_of(i) for i in range(n)]
+        """Each client's U-shape tail (0: vanilla): on its device, in its memory and its steps."""
         lora = cfg.lora
         self.whole_model_bytes = whole_model_memory_bytes(
             self.shape, cfg.train.batch_size, cfg.data.max_length, lora.r_others
@@ -69,6 +66,8 @@ class RoundTimer:
             cfg.data.max_length,
             lora.r_others,
             lora.client_cut_rank,
+            tails=self.tails,
+            loss_chunk=cfg.loss_chunk,
         )
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
@@ -107,6 +106,7 @@ class RoundTimer:
             heldout_samples=self.heldout_samples,
             in_order=self.in_order,
             formats=self.formats,
+            tails=self.tails,
         )
 
     def actual(
@@ -131,12 +131,13 @@ class RoundTimer:
                     cfg.lora.r_others,
                     cfg.lora.client_cut_rank,
                     server_r_cut=cfg.lora.server_cut_rank,
+                    tail=self.tails[i],
                 )
                 for b, t in shapes
             ]
             mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
             eval_client, eval_server = heldout_flops(
-                self.shape, self.heldout_samples, cfg.data.max_length, cuts[i]
+                self.shape, self.heldout_samples, cfg.data.max_length, cuts[i], self.tails[i]
             )
             works[i] = ClientWork(
                 self.devices[i],
@@ -151,6 +152,8 @@ class RoundTimer:
                 eval_flops=eval_server,
                 eval_client_flops=eval_client,
             )
+            if self.tails[i]:
+                works[i] = u_shaped_legs(works[i], flows, steps, mean)
         return simulate_round(self.server, works, cfg.devices.order, self.in_order)
 
     def _whole_model_flops(self, shapes: Sequence[Sequence[int]]) -> float:
@@ -183,3 +186,21 @@ class RoundTimer:
         return RoundTiming(
             seconds, {0: seconds}, seconds, 1.0 if seconds else 0.0, {0: ClientTime(compute_s=seconds)}
         )
+
+
+def u_shaped_legs(
+    work: ClientWork, flows: Mapping[str, Mapping[str, int]], steps: int, mean: Callable[[str], float]
+) -> ClientWork:
+    """A U-shaped client's round (docs/architecture.md, D11): its steps' four legs from the
+    ledger (activations down feed the tail, gradients up leave it; the rest of each direction,
+    framing and the attention mask included, is the vanilla legs'), and the tail's FLOPs."""
+    activations_down, gradients_up = flows["down"]["activations"], flows["up"]["gradients"]
+    return replace(
+        work,
+        up_bytes=work.up_bytes - gradients_up / steps,
+        down_bytes=work.down_bytes - activations_down / steps,
+        tail_down_bytes=activations_down / steps,
+        tail_up_bytes=gradients_up / steps,
+        tail_flops=mean("tail_flops"),
+        server_backward_flops=mean("server_backward_flops"),
+    )

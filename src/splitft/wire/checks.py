@@ -67,11 +67,12 @@ def number(record: Any, key: str, integer: bool = False, minimum: float = 0) -> 
 
 
 def smashed(
-    payload: bytes, hidden_size: int, vocab_size: int, optional: bool = False
+    payload: bytes, hidden_size: int, vocab_size: int, optional: bool = False, labels: bool = True
 ) -> dict[str, torch.Tensor]:
     """A client's smashed data: ``hidden`` [batch, seq, hidden_size] (float, finite), ``labels``
-    [batch, seq] (token ids < vocab_size, or -100) and ``attention_mask`` [batch, seq] (0/1).
-    With ``optional``, a message without ``hidden`` (nothing held out) gives ``{}``."""
+    [batch, seq] (token ids < vocab_size, or -100; not read when ``labels`` is False: a U-shaped
+    client keeps them) and ``attention_mask`` [batch, seq] (0/1). With ``optional``, a message
+    without ``hidden`` (nothing held out) gives ``{}``."""
     message = decode_message(payload)
     if optional and "hidden" not in message:
         return {}
@@ -79,13 +80,30 @@ def smashed(
     batch, seq = hidden.shape[:2]
     if batch == 0 or seq == 0:
         raise ReplyError(f"entry 'hidden' is empty (shape {list(hidden.shape)})")
-    labels = tensor(message, "labels", INTEGERS, (batch, seq)).long()
-    if bool((((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)).any()):
-        raise ReplyError(f"entry 'labels' holds token ids outside 0..{vocab_size - 1} (or {IGNORE_INDEX})")
-    mask = tensor(message, "attention_mask", (*INTEGERS, torch.bool), (batch, seq)).long()
+    checked = {"hidden": hidden}
+    if labels:
+        ids = checked["labels"] = tensor(message, "labels", INTEGERS, (batch, seq)).long()
+        if bool((((ids < 0) & (ids != IGNORE_INDEX)) | (ids >= vocab_size)).any()):
+            raise ReplyError(
+                f"entry 'labels' holds token ids outside 0..{vocab_size - 1} (or {IGNORE_INDEX})"
+            )
+    mask = checked["attention_mask"] = tensor(
+        message, "attention_mask", (*INTEGERS, torch.bool), (batch, seq)
+    ).long()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ReplyError("entry 'attention_mask' holds values other than 0 and 1")
-    return {"hidden": hidden, "labels": labels, "attention_mask": mask}
+    return checked
+
+
+def step_stats(record: Any) -> tuple[float, int, int]:
+    """A U-shaped client's loss statistics of one step or check (its tail computes the loss):
+    summed NLL, scored tokens, exact predictions (at most the tokens)."""
+    loss_sum = number(record, "loss_sum")
+    tokens = int(number(record, "tokens", integer=True))
+    correct = int(number(record, "correct", integer=True))
+    if correct > tokens:
+        raise ReplyError(f"control field 'correct' is {correct}, more than the {tokens} tokens scored")
+    return float(loss_sum), tokens, correct
 
 
 def adapters(message: Mapping[str, Any], layout: AdapterLayout, ranks: Mapping[str, int]) -> Adapters:
