@@ -180,7 +180,29 @@ class PolicyConfig:
     """splitft: a client's cut range is every cut that keeps the predicted round time within
     (1 + slack) of the best."""
     heldout_samples: int = 16
-    """Held-out samples per client on which the accuracy policies score the global model."""
+    """Held-out samples per client on which the accuracy policies score the global model
+    (policy.signal = 'heldout')."""
+    signal: str = "train"
+    """What 'accuracy' and 'splitft' steer with: 'train' (each client's token accuracy on its
+    own training batches, measured by the main server before each step: free, but optimistic,
+    see docs/architecture.md, D11) or 'heldout' (the global set scored on each client's
+    held-out part every heldout_every rounds, its traffic and time charged)."""
+    heldout_every: int = 1
+    """signal = 'heldout': run the held-out check every this many rounds (the last scores steer
+    in between)."""
+    smoothing: float = 0.5
+    """Weight of the newest round in the exponential moving averages of the training signal and
+    of the observed device rates (1 = only the last round counts)."""
+    predict_from: str = "observed"
+    """What the round-time predictor of 'resource' and 'splitft' uses: 'observed' (each device's
+    compute, uplink and downlink rates and the server's as observed in earlier rounds, smoothed;
+    the profile seeds a device never observed) or 'profile' (the configured profiles alone: a
+    plan that never learns, the static optimum)."""
+    wire_formats: list[str] = field(default_factory=list)
+    """'resource' and 'splitft' choose each client's format of activations and gradients with its
+    cut, from this list ordered from most to least faithful, e.g. ['fp32', 'int8'] (empty = as
+    configured in [codec]): the client finishing last moves one format down while that shortens
+    the predicted round by at least 1 % (docs/architecture.md, D14)."""
 
 
 @dataclass
@@ -195,6 +217,13 @@ class DevicesConfig:
     """Main server speed for the virtual clock: 'idle', 'busy', or effective FLOP/s (e.g. 2e12)."""
     order: str = "parallel"
     """Virtual clock: clients in 'parallel', or 'sequential' (the paper's Algorithm 1)."""
+    conditions: str = "static"
+    """How devices and the server change over virtual time: 'static' (never), 'changing' (a
+    preset seeded by the run's seed: uplink and downlink random walks, compute throttling,
+    clients that leave and come back, busy-server periods) or the path of a trace .csv with
+    rows time_s,device,field,value (docs/architecture.md, D13)."""
+    change_every_s: float = 10.0
+    """conditions = 'changing': virtual seconds between changes of the preset's processes."""
 
 
 @dataclass

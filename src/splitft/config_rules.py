@@ -16,11 +16,14 @@ from splitft.choices import (
     AGGREGATIONS,
     CLOCK_ORDERS,
     COMPUTE_DTYPES,
+    CONDITIONS,
     CUT_RANK_SIDES,
     DEVICE_PRESETS,
     DEVICES,
     GENERATION_METRICS,
     PARTITIONS,
+    POLICY_SIGNALS,
+    PREDICT_FROM,
     SCHEDULES,
     SERVER_ADAPTERS,
 )
@@ -40,10 +43,10 @@ MINIMUM = {
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
     "policy.slack": 0, "call_timeout_s": 0, "seed": 0, "eval.generation_samples": 1,
-    "eval.max_new_tokens": 1, "loss_chunk": 0,
+    "eval.max_new_tokens": 1, "loss_chunk": 0, "policy.heldout_every": 1,
 }
 # fmt: on
-POSITIVE = ("lora.alpha", "train.lr")
+POSITIVE = ("lora.alpha", "train.lr", "devices.change_every_s")
 FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
 
 
@@ -57,7 +60,8 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
                "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS,
-               "compute_dtype": COMPUTE_DTYPES}
+               "compute_dtype": COMPUTE_DTYPES, "policy.signal": POLICY_SIGNALS,
+               "policy.predict_from": PREDICT_FROM}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in MINIMUM.items()),
@@ -92,6 +96,17 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
             )
             for key in ("codec.activations", "codec.gradients")
         ),
+        ("policy.smoothing", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        (
+            "policy.wire_formats",
+            lambda v: all(cut_format_ok(f) for f in v),
+            f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
+        ),
+        (
+            "devices.conditions",
+            lambda v: v in CONDITIONS or v.endswith(".csv"),
+            f"must be one of {', '.join(CONDITIONS)} or the path of a trace .csv file",
+        ),
         (
             "codec.adapters",
             lambda v: all(f in ADAPTER_FORMATS for f in v),
@@ -116,4 +131,9 @@ def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
         return method.config_rules(cfg)
     plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
     keys = ("codec.activations", "codec.gradients", "codec.adapters")
-    return [*method.config_rules(cfg), *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys)]
+    static = f"must be 'static' with method = '{cfg.method}' (changing conditions apply to the split methods)"
+    return [
+        *method.config_rules(cfg),
+        *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys),
+        ("devices.conditions", lambda v: v == "static", static),
+    ]

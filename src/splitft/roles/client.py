@@ -61,11 +61,13 @@ class Client:
         """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
         self.feedback = ErrorFeedback()
         """Delta-int8: the residual of each adapter change not yet sent."""
+        self.wire: str | None = None
+        """This round's activation format where the policy chose one (docs/architecture.md, D14)."""
 
     @property
     def activation_format(self) -> str:
         codec = self.cfg.codec
-        return client_format(codec.activations, self.client_id, codec.activation_dtype)
+        return self.wire or client_format(codec.activations, self.client_id, codec.activation_dtype)
 
     @property
     def adapter_format(self) -> str:
@@ -85,6 +87,7 @@ class Client:
         message = read(payload)
         meta = message["control"]
         cut = int(meta["cut"])
+        self.wire = meta.get("wire")
         if cut != self.cut:
             old_ranks = self.ranks if self.cut else {}
             self.cut = cut

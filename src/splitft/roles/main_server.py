@@ -55,6 +55,15 @@ class MainServer:
         self.vocab_size = model.model.get_output_embeddings().weight.shape[0]
         self.feedback = ErrorFeedback()
         """Gradients at the cut in a lossy format: each client's residual not yet sent."""
+        self.wire: dict[int, str] = {}
+        """This round's gradient format per client where the policy chose one (docs/architecture.md, D14)."""
+
+    def use_wire(self, client_id: int, spec: str | None) -> None:
+        """Send client ``client_id``'s gradients this round in ``spec`` (None: as [codec] says)."""
+        if spec is None:
+            self.wire.pop(client_id, None)
+        else:
+            self.wire[client_id] = spec
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
         """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
@@ -141,7 +150,9 @@ class MainServer:
         )
         (loss_sum / max(tokens, 1)).backward()
         copy.optimizer.step(global_step)
-        spec = client_format(self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype)
+        spec = self.wire.get(client_id) or client_format(
+            self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype
+        )
         value, dtype = self.feedback.encode(str(client_id), hidden.grad.cpu(), spec)
         grad = encode_message(
             [
