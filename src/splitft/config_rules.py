@@ -96,17 +96,7 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
             )
             for key in ("codec.activations", "codec.gradients")
         ),
-        ("policy.smoothing", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-        (
-            "policy.wire_formats",
-            lambda v: all(cut_format_ok(f) for f in v),
-            f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
-        ),
-        (
-            "devices.conditions",
-            lambda v: v in CONDITIONS or v.endswith(".csv"),
-            f"must be one of {', '.join(CONDITIONS)} or the path of a trace .csv file",
-        ),
+        *adaptive_rules(),
         (
             "codec.adapters",
             lambda v: all(f in ADAPTER_FORMATS for f in v),
@@ -119,6 +109,23 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
         ),
         *method_rules(cfg),
         *((key, math.isfinite, "must be a finite number") for key, tp in field_types.items() if tp is float),
+    ]
+
+
+def adaptive_rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """Checks of the adaptive planning's values (docs/architecture.md, D11-D14)."""
+    return [
+        ("policy.smoothing", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        (
+            "policy.wire_formats",
+            lambda v: all(cut_format_ok(f) for f in v),
+            f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
+        ),
+        (
+            "devices.conditions",
+            lambda v: v in CONDITIONS or v.endswith(".csv"),
+            f"must be one of {', '.join(CONDITIONS)} or the path of a trace .csv file",
+        ),
     ]
 
 

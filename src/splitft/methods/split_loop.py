@@ -37,6 +37,7 @@ from splitft.roles.fed_server import FedServer
 from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
+from splitft.sim.conditions import Snapshot
 from splitft.sim.timing import RoundTimer
 from splitft.wire.calls import Clients, guarded
 from splitft.wire.checks import diverged
@@ -90,9 +91,9 @@ class SplitRoundLoop:
         self.references: dict[int, dict[str, Any]] = {}
         self.planner = RoundPlanner(cfg, timer)
         """Conditions, observed rates and the training signal (docs/architecture.md, D11-D13)."""
-        self._wire: dict[
-            int, str
-        ] = {}  # client -> this round's format at the cut, where the policy chose one
+        # Client -> this round's format at the cut, where the policy chose one; the round's conditions.
+        self._wire: dict[int, str] = {}
+        self._conditions: Snapshot | None = None
 
     @property
     def global_adapters(self) -> Adapters:
@@ -102,10 +103,18 @@ class SplitRoundLoop:
     def runtime(self) -> Runtime:
         return self.clients.runtime
 
+    def sample_clients(self, round_number: int) -> list[int]:
+        """The clients taking part in a round: a seeded sample of those not dropped and
+        available under the round's conditions (docs/architecture.md, D13)."""
+        alive = self.clients.alive()
+        available = alive if self._conditions is None else [i for i in alive if self._conditions.available[i]]
+        return sample_clients(self.cfg, available, round_number)
+
     def run_round(self, round_number: int) -> RoundResult:
         alive = self.clients.alive()
         # The round starts now, or when someone is there; an unavailable client sits it out (D13).
         self.clock.elapsed_s, conditions = self.planner.conditions(self.clock.elapsed_s, alive)
+        self._conditions = conditions
         available = [i for i in alive if conditions.available[i]]
         decisions, predicted_s = self.planner.decide(
             self.policy, round_number, self.previous_cuts, available, self.accuracy
@@ -113,7 +122,7 @@ class SplitRoundLoop:
         cuts = [d.cut for d in decisions]
         self._wire = {i: d.wire for i, d in enumerate(decisions) if d.wire is not None}
         dropped = self.clients.start_round(round_number)
-        clients = sample_clients(self.cfg, available, round_number)
+        clients = self.sample_clients(round_number)
         fresh = self._canonicalize_new_cut_blocks(cuts)
         clients = self._begin_all(round_number, clients, cuts, dropped)
         loss_sum, tokens, step_shapes, totals = self._train(round_number, clients, dropped)
