@@ -24,6 +24,11 @@ from splitft.config_rules import rules
 from splitft.errors import ConfigError
 from splitft.files import write_atomic
 
+ADAPTIVE_BY_DEFAULT = False
+"""True: ``splitft train`` with no arguments runs the adaptive system (policy 'splitft' on
+'hetero' devices under 'changing' conditions) instead of the paper's fixed split on laptops.
+One switch, to be flipped when docs/results.md ("Adaptive cuts that pay off") shows it wins."""
+
 
 @dataclass
 class ModelConfig:
@@ -168,7 +173,7 @@ class EvalConfig:
 
 @dataclass
 class PolicyConfig:
-    name: str = "fixed"
+    name: str = "splitft" if ADAPTIVE_BY_DEFAULT else "fixed"
     """Allocation policy: 'fixed' (split.cuts every round), 'accuracy' (the paper's rule),
     'resource' (minimise the predicted round time within memory) or 'splitft' (resource bounds
     each client's range, accuracy steers inside it)."""
@@ -207,7 +212,7 @@ class PolicyConfig:
 
 @dataclass
 class DevicesConfig:
-    preset: str = "homogeneous"
+    preset: str = "hetero" if ADAPTIVE_BY_DEFAULT else "homogeneous"
     """Client devices: 'homogeneous' (every client a laptop-class device) or 'hetero' (a mix
     from phone to workstation, see federated/devices.py), unless 'clients' is given."""
     clients: list[str] = field(default_factory=list)
@@ -217,7 +222,7 @@ class DevicesConfig:
     """Main server speed for the virtual clock: 'idle', 'busy', or effective FLOP/s (e.g. 2e12)."""
     order: str = "parallel"
     """Virtual clock: clients in 'parallel', or 'sequential' (the paper's Algorithm 1)."""
-    conditions: str = "static"
+    conditions: str = "changing" if ADAPTIVE_BY_DEFAULT else "static"
     """How devices and the server change over virtual time: 'static' (never), 'changing' (a
     preset seeded by the run's seed: uplink and downlink random walks, compute throttling,
     clients that leave and come back, busy-server periods) or the path of a trace .csv with
