@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The adaptive-cuts matrix of docs/results.md ("Adaptive cuts that pay off"): every cell x method
-# x seed on configs/cpu/adaptive.toml, one run at a time. A finished run is skipped, an
+# x seed on configs/cpu/adaptive/base.toml, one run at a time. A finished run is skipped, an
 # interrupted one resumed from its checkpoint, one stopped before its first checkpoint restarted.
 #
 #   scripts/adaptive_runs.sh OUT SEED [SEED ...]      e.g. scripts/adaptive_runs.sh runs/cpu/adaptive 0 1 2
@@ -15,7 +15,7 @@ set -euo pipefail
 out=${1:?usage: $0 OUT SEED [SEED ...]}
 shift
 seeds=("${@:-0}")
-base=configs/cpu/adaptive.toml
+base=configs/cpu/adaptive/base.toml
 splitft=${SPLITFT:-splitft}
 declare -A CELL=(
   [hetero-static-idle]="--devices.preset hetero --devices.conditions static --devices.server idle"
