@@ -114,7 +114,7 @@ def corpus(tmp_path_factory):
 def config(corpus, **extra) -> Config:
     values = {
         "model.name": "tiny:llama", "model.keep_layers": 3, "data.train": str(corpus),
-        "federation.num_clients": 3, "federation.rounds": 2, "policy.name": "splitft", "threads": 1,
+        "federation.num_clients": 3, "federation.rounds": 2, "policy.name": "splitft", "policy.signal": "heldout", "threads": 1,
     }  # fmt: skip
     return Config().with_overrides({**values, **extra})
 

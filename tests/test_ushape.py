@@ -1,4 +1,4 @@
-"""A U-shaped split end to end (docs/architecture.md, D11): the labels stay on the client, the
+"""A U-shaped split end to end (docs/architecture.md, D15): the labels stay on the client, the
 traffic is two activation and two gradient transfers per step, every policy and both
 server-adapter modes run, the exported adapter loads with stock PEFT, resume is exact, and bad
 shapes are one-line errors before anything is written."""
@@ -167,7 +167,7 @@ def test_the_server_never_sees_token_ids_in_a_u_shape(shape, corpus, tmp_path):
         recorded[-1].exp = exp
         return recorded[-1]
 
-    extra = ["--policy.name", "accuracy"]  # held-out checks travel too
+    extra = ["--policy.name", "accuracy", "--policy.signal", "heldout"]  # held-out checks travel too
     cfg = Config().with_overrides(_overrides(args(corpus, 2, *extra)))
     if shape == "vanilla":
         cfg = cfg.with_overrides({"split.shape": "vanilla", "split.tail": ""})
@@ -200,6 +200,8 @@ def _overrides(argv):
         ["--policy.name", "fixed", "--split.cuts", "1"],
         ["--policy.name", "accuracy", "--split.server_adapters", "shared"],
         ["--policy.name", "resource", "--devices.preset", "hetero", "--devices.server", "busy"],
+        ["--policy.name", "splitft", "--devices.preset", "hetero", "--devices.conditions", "changing"]
+        + ["--policy.wire_formats", "fp32,int8", "--devices.change_every_s", "0.5"],
         [
             "--method",
             "sfl-fixed",
@@ -211,7 +213,7 @@ def _overrides(argv):
             "topk:0.3",
         ],
     ],
-    ids=["fixed", "accuracy-shared", "resource", "sfl-fixed-compressed"],
+    ids=["fixed", "accuracy-shared", "resource", "splitft-changing-wire", "sfl-fixed-compressed"],
 )
 def test_every_policy_mode_and_codec_runs_a_u_shape(extra, corpus, tmp_path):
     out = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""What a U shape costs (docs/architecture.md, D11): FLOPs split exactly over the four legs,
+"""What a U shape costs (docs/architecture.md, D15): FLOPs split exactly over the four legs,
 the tail and the head in the client's memory, the clock's two server jobs per step, and the
 cuts a policy may choose leave the tail to the client."""
 

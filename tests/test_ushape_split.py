@@ -1,5 +1,5 @@
 """A U-shaped split step computes exactly what the unsplit model computes (docs/architecture.md,
-D11): client blocks [0, k) -> server [k, M - t) -> client tail [M - t, M), head and loss, and the
+D15): client blocks [0, k) -> server [k, M - t) -> client tail [M - t, M), head and loss, and the
 gradients back the same way."""
 
 from __future__ import annotations

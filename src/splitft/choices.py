@@ -27,3 +27,11 @@ SERVER_LOADS = ("idle", "busy")
 """Named main-server speeds (devices.server; a FLOP/s number is allowed too)."""
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 """Precisions the frozen base model can be held and run in (fp16 on CUDA only)."""
+POLICY_SIGNALS = ("train", "heldout")
+"""What the accuracy policies steer with (policy.signal): the free training-batch accuracy the
+main server measures anyway, or a held-out check every policy.heldout_every rounds."""
+PREDICT_FROM = ("observed", "profile")
+"""What the policies' round-time predictor uses (policy.predict_from): rates observed in earlier
+rounds (the profile seeds them), or the configured profiles alone."""
+CONDITIONS = ("static", "changing")
+"""Named device conditions (devices.conditions; a path to a trace .csv is allowed too)."""

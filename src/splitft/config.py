@@ -24,6 +24,10 @@ from splitft.config_rules import rules
 from splitft.errors import ConfigError
 from splitft.files import write_atomic
 
+ADAPTIVE_BY_DEFAULT = False
+"""True: ``splitft train`` with no arguments runs policy 'splitft' on 'hetero' devices under
+'changing' conditions instead of a fixed split on laptops (docs/results.md, adaptive cuts)."""
+
 
 @dataclass
 class ModelConfig:
@@ -108,20 +112,17 @@ class SplitConfig:
     """'vanilla': the client runs blocks [0, cut) and sends the labels with its hidden state; the
     main server runs the rest, the head and the loss. 'u': the client also keeps the last
     split.tail blocks, the final norm, the head and the loss, so token ids never leave it (the
-    server sees hidden states, gradients and the attention mask; docs/architecture.md, D11)."""
+    server sees hidden states, gradients and the attention mask; docs/architecture.md, D15)."""
     tail: list[int] = field(default_factory=list)
     """split.shape = 'u': blocks [M - tail, M) the client runs after the server, one value for
-    all or one per client (empty = 1). Fixed for the run (the policies move only the cut, within
-    1..M - tail - 1): the tail's blocks hold the client's head and loss, so moving it would move
-    what the client must hold, and each move costs an adapter exchange with no gain in time."""
+    all or one per client (empty = 1). Fixed for the run; the policies move only the cut, within
+    1..M - tail - 1 (docs/architecture.md, D15 says why)."""
 
     def tail_of(self, client: int) -> int:
         """Blocks client ``client`` runs after the server: 0 for a vanilla split."""
         if self.shape != "u":
             return 0
-        if not self.tail:
-            return 1
-        return self.tail[client] if len(self.tail) > 1 else self.tail[0]
+        return (self.tail[client] if len(self.tail) > 1 else self.tail[0]) if self.tail else 1
 
 
 @dataclass
@@ -186,7 +187,7 @@ class EvalConfig:
 
 @dataclass
 class PolicyConfig:
-    name: str = "fixed"
+    name: str = "splitft" if ADAPTIVE_BY_DEFAULT else "fixed"
     """Allocation policy: 'fixed' (split.cuts every round), 'accuracy' (the paper's rule),
     'resource' (minimise the predicted round time within memory) or 'splitft' (resource bounds
     each client's range, accuracy steers inside it)."""
@@ -198,14 +199,33 @@ class PolicyConfig:
     """splitft: a client's cut range is every cut that keeps the predicted round time within
     (1 + slack) of the best."""
     heldout_samples: int = 16
-    """Held-out samples per client on which the accuracy policies score the global model."""
+    """policy.signal = 'heldout': samples per client on which the global model is scored."""
+    signal: str = "train"
+    """What 'accuracy' and 'splitft' steer with: 'train' (each client's token accuracy on its
+    own training batches, measured by the main server before each step: free, but optimistic,
+    see docs/architecture.md, D11) or 'heldout' (the global set scored on each client's
+    held-out part every heldout_every rounds, its traffic and time charged)."""
+    heldout_every: int = 1
+    """signal = 'heldout': run the held-out check every this many rounds (the last scores steer)."""
+    smoothing: float = 0.5
+    """Weight of the newest round in the exponential moving averages of the training signal and
+    of the observed device rates (1 = only the last round counts)."""
+    predict_from: str = "observed"
+    """What the round-time predictor of 'resource' and 'splitft' uses: 'observed' (each device's
+    and the server's rates as observed in earlier rounds, smoothed; the profile seeds a device
+    never observed) or 'profile' (the configured profiles alone: the static optimum)."""
+    wire_formats: list[str] = field(default_factory=list)
+    """'resource' and 'splitft' choose each client's format of activations and gradients with its
+    cut, from this list ordered from most to least faithful, e.g. ['fp32', 'int8'] (empty = as
+    configured in [codec]): the client finishing last moves one format down while that shortens
+    the predicted round by at least 1 % (docs/architecture.md, D14)."""
 
 
 @dataclass
 class DevicesConfig:
-    preset: str = "homogeneous"
-    """Client devices: 'homogeneous' (every client a laptop-class device) or 'hetero' (a mix
-    from phone to workstation, see federated/devices.py), unless 'clients' is given."""
+    preset: str = "hetero" if ADAPTIVE_BY_DEFAULT else "homogeneous"
+    """Client devices: 'homogeneous' (every client a laptop) or 'hetero' (phone to workstation,
+    see sim/devices.py), unless 'clients' is given."""
     clients: list[str] = field(default_factory=list)
     """One device tier per client (phone-low, phone-high, tablet, laptop, workstation), or one
     for all; overrides 'preset'."""
@@ -213,6 +233,13 @@ class DevicesConfig:
     """Main server speed for the virtual clock: 'idle', 'busy', or effective FLOP/s (e.g. 2e12)."""
     order: str = "parallel"
     """Virtual clock: clients in 'parallel', or 'sequential' (the paper's Algorithm 1)."""
+    conditions: str = "changing" if ADAPTIVE_BY_DEFAULT else "static"
+    """How devices and the server change over virtual time: 'static' (never), 'changing' (a
+    preset seeded by the run's seed: uplink and downlink random walks, compute throttling,
+    clients that leave and come back, busy-server periods) or the path of a trace .csv with
+    rows time_s,device,field,value (docs/architecture.md, D13)."""
+    change_every_s: float = 10.0
+    """conditions = 'changing': virtual seconds between changes of the preset's processes."""
 
 
 @dataclass

@@ -16,11 +16,14 @@ from splitft.choices import (
     AGGREGATIONS,
     CLOCK_ORDERS,
     COMPUTE_DTYPES,
+    CONDITIONS,
     CUT_RANK_SIDES,
     DEVICE_PRESETS,
     DEVICES,
     GENERATION_METRICS,
     PARTITIONS,
+    POLICY_SIGNALS,
+    PREDICT_FROM,
     SCHEDULES,
     SERVER_ADAPTERS,
     SPLIT_SHAPES,
@@ -41,10 +44,10 @@ MINIMUM = {
     "train.weight_decay": 0, "train.max_grad_norm": 0, "eval.every": 1, "eval.max_samples": 1,
     "eval.batch_size": 1, "threads": 0, "policy.heldout_samples": 1, "policy.tolerance": 0,
     "policy.slack": 0, "call_timeout_s": 0, "seed": 0, "eval.generation_samples": 1,
-    "eval.max_new_tokens": 1, "loss_chunk": 0,
+    "eval.max_new_tokens": 1, "loss_chunk": 0, "policy.heldout_every": 1,
 }
 # fmt: on
-POSITIVE = ("lora.alpha", "train.lr")
+POSITIVE = ("lora.alpha", "train.lr", "devices.change_every_s")
 FRACTIONS = ("data.test_fraction", "data.validation_fraction", "data.heldout_fraction")
 
 
@@ -58,18 +61,15 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
                "device": DEVICES, "data.partition": PARTITIONS, "policy.name": POLICIES.names(),
                "devices.preset": DEVICE_PRESETS, "devices.order": CLOCK_ORDERS, "method": METHODS.names(),
                "lora.cut_rank_sides": CUT_RANK_SIDES, "split.server_adapters": SERVER_ADAPTERS,
-               "compute_dtype": COMPUTE_DTYPES, "split.shape": SPLIT_SHAPES}
+               "compute_dtype": COMPUTE_DTYPES, "split.shape": SPLIT_SHAPES,
+               "policy.signal": POLICY_SIGNALS, "policy.predict_from": PREDICT_FROM}
     # fmt: on
     return [
         *((key, lambda v, lo=lo: v >= lo, f"must be >= {lo}") for key, lo in MINIMUM.items()),
         *((key, lambda v: v > 0, "must be > 0") for key in POSITIVE),
         ("data.alpha", lambda v: 0 < v < math.inf, "must be > 0 and finite"),
         *((key, lambda v: 0 <= v < 1, "must be in [0, 1)") for key in FRACTIONS),
-        (
-            "data.test_fraction",
-            lambda v: v + vf < 1,
-            f"must be < 1 - data.validation_fraction = {1 - vf:g}",
-        ),
+        ("data.test_fraction", lambda v: v + vf < 1, f"must be < 1 - data.validation_fraction = {1 - vf:g}"),
         *((key, lambda v, a=a: v in a, f"must be one of {', '.join(a)}") for key, a in choices.items()),
         ("federation.clients_per_round", lambda v: 0 <= v <= n, f"must be in [0, num_clients={n}]"),
         ("lora.r_cut", lambda v: v <= r_others, f"must be <= lora.r_others = {r_others}"),
@@ -94,6 +94,7 @@ def rules(cfg: Config, field_types: Mapping[str, Any]) -> list[tuple[str, Callab
             )
             for key in ("codec.activations", "codec.gradients")
         ),
+        *adaptive_rules(),
         (
             "codec.adapters",
             lambda v: all(f in ADAPTER_FORMATS for f in v),
@@ -124,6 +125,23 @@ def split_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     ]
 
 
+def adaptive_rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """Checks of the adaptive planning's values (docs/architecture.md, D11-D14)."""
+    return [
+        ("policy.smoothing", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        (
+            "policy.wire_formats",
+            lambda v: all(cut_format_ok(f) for f in v),
+            f"every value must be one of {', '.join(CUT_FORMATS)} (0 < fraction <= 1)",
+        ),
+        (
+            "devices.conditions",
+            lambda v: v in CONDITIONS or v.endswith(".csv"),
+            f"must be one of {', '.join(CONDITIONS)} or the path of a trace .csv file",
+        ),
+    ]
+
+
 def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     """The rules the configured method adds (e.g. sfl-fixed: one cut for all), once its name is known."""
     if cfg.method not in METHODS.names():
@@ -134,8 +152,10 @@ def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
     keys = ("codec.activations", "codec.gradients", "codec.adapters")
     no_split = f"must be 'vanilla' with method = '{cfg.method}', which does not split the model"
+    static = f"must be 'static' with method = '{cfg.method}' (changing conditions apply to the split methods)"
     return [
         *method.config_rules(cfg),
         *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys),
         ("split.shape", lambda v: v == "vanilla", no_split),
+        ("devices.conditions", lambda v: v == "static", static),
     ]

@@ -65,6 +65,16 @@ class RoundResult:
     dropped: list[dict] = field(default_factory=list)
     samples: int = 0
     """Training samples (sequences) the round's steps took, all clients together."""
+    predicted_s: float | None = None
+    """The round's makespan as the policy predicted it before the round (split methods)."""
+    conditions: dict[str, Any] | None = None
+    """The conditions the clock timed the round under (``sim/conditions.py`` Snapshot.to_dict)."""
+    sat_out: list[int] = field(default_factory=list)
+    """Clients that were not available and sat the round out (docs/architecture.md, D13)."""
+    wire: list[str] | None = None
+    """Each client's format of activations at the cut this round (split methods)."""
+    train_acc: dict[int, float] = field(default_factory=dict)
+    """Each participant's token accuracy on this round's training batches (docs/architecture.md, D11)."""
 
 
 class RoundLoop(Protocol):

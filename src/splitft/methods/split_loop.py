@@ -26,17 +26,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from splitft.algorithms.policy import AllocationContext, AllocationPolicy, accuracy_weights
+from splitft.algorithms.policy import AllocationPolicy, accuracy_weights
 from splitft.config import Config, LoraConfig
 from splitft.config_codec import client_format
 from splitft.errors import DivergenceError, SplitFTError
 from splitft.methods.base import RoundResult, sample_clients
+from splitft.methods.round_plan import RoundPlanner
 from splitft.model.lora import AdapterLayout, Adapters
 from splitft.model.segments import Segments
 from splitft.roles.fed_server import FedServer
 from splitft.roles.main_server import MainServer
 from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
+from splitft.sim.conditions import Snapshot
 from splitft.sim.timing import RoundTimer
 from splitft.wire.calls import Clients, guarded
 from splitft.wire.checks import diverged
@@ -94,6 +96,11 @@ class SplitRoundLoop:
         # Delta adapter formats: what each client holds (as it decoded it) and the last round it
         # was sent adapters; a client that missed a round or moved its cut gets full tensors.
         self.references: dict[int, dict[str, Any]] = {}
+        self.planner = RoundPlanner(cfg, timer)
+        """Conditions, observed rates and the training signal (docs/architecture.md, D11-D13)."""
+        # Client -> this round's format at the cut, where the policy chose one; the round's conditions.
+        self._wire: dict[int, str] = {}
+        self._conditions: Snapshot | None = None
 
     @property
     def global_adapters(self) -> Adapters:
@@ -104,27 +111,40 @@ class SplitRoundLoop:
         return self.clients.runtime
 
     def sample_clients(self, round_number: int) -> list[int]:
-        """The clients taking part in a round: a seeded sample of those not dropped."""
-        return sample_clients(self.cfg, self.clients.alive(), round_number)
+        """The clients taking part in a round: a seeded sample of those not dropped and
+        available under the round's conditions (docs/architecture.md, D13)."""
+        alive = self.clients.alive()
+        available = alive if self._conditions is None else [i for i in alive if self._conditions.available[i]]
+        return sample_clients(self.cfg, available, round_number)
 
     def run_round(self, round_number: int) -> RoundResult:
-        ctx = AllocationContext(
-            round_number, self.previous_cuts, self.timer.max_cut, self.timer.predict, dict(self.accuracy)
+        alive = self.clients.alive()
+        # The round starts now, or when someone is there; an unavailable client sits it out (D13).
+        self.clock.elapsed_s, conditions = self.planner.conditions(self.clock.elapsed_s, alive)
+        self._conditions = conditions
+        available = [i for i in alive if conditions.available[i]]
+        decisions, predicted_s = self.planner.decide(
+            self.policy, round_number, self.previous_cuts, available, self.accuracy
         )
-        decisions = self.policy.allocate(ctx)
         cuts = [d.cut for d in decisions]
+        self._wire = {i: d.wire for i, d in enumerate(decisions) if d.wire is not None}
         dropped = self.clients.start_round(round_number)
         clients = self.sample_clients(round_number)
         fresh = self._canonicalize_new_cut_blocks(cuts)
         clients = self._begin_all(round_number, clients, cuts, dropped)
-        loss_sum, tokens, step_shapes = self._train(round_number, clients, dropped)
+        loss_sum, tokens, step_shapes, totals = self._train(round_number, clients, dropped)
         clients = [i for i in clients if i not in self.clients.dropped]
         participants, truncation = self._merge(round_number, clients, cuts, dropped)
-        if self.policy.uses_accuracy:
+        heldout = self.planner.heldout_round(self.policy, round_number)
+        if heldout:
             self._score_heldout(round_number, participants, cuts, dropped)
-        timing = self.timer.actual(round_number, cuts, {i: step_shapes[i] for i in participants}, self.ledger)
+        shapes = {i: step_shapes[i] for i in participants}
+        works = self.timer.actual_works(round_number, cuts, shapes, self.ledger, heldout)
+        timing = self.timer.simulate(works, conditions)  # the truth: the round's conditions
+        train_acc = self.planner.learn(works, timing, {i: totals[i] for i in participants})
         self.clock.advance(timing)
         self.previous_cuts = cuts
+        accuracy = self.planner.accuracy(self.policy, self.accuracy)
         return RoundResult(
             round=round_number,
             cuts=cuts,
@@ -134,13 +154,21 @@ class SplitRoundLoop:
             decisions=decisions,
             timing=timing,
             virtual_s=self.clock.elapsed_s,
-            accuracy={i: self.accuracy[i] for i in participants if i in self.accuracy},
-            weights=accuracy_weights(self.accuracy, self.cfg.policy.gamma),
+            accuracy={i: accuracy[i] for i in participants if i in accuracy},
+            weights=accuracy_weights(accuracy, self.cfg.policy.gamma),
             canonicalized=fresh,
             truncation_error=truncation,
             dropped=dropped,
             samples=sum(b for i in participants for b, _ in step_shapes[i]),
+            predicted_s=predicted_s,
+            conditions=conditions.to_dict(),
+            sat_out=[i for i in alive if i not in available],
+            wire=[self._wire.get(i) or self._configured_wire(i) for i in range(self.num_clients)],
+            train_acc=train_acc,
         )
+
+    def _configured_wire(self, i: int) -> str:
+        return client_format(self.cfg.codec.activations, i, self.cfg.codec.activation_dtype)
 
     def _canonicalize_new_cut_blocks(self, cuts: Sequence[int]) -> list[int]:
         """Blocks that just became cut blocks get a canonical basis (B @ A unchanged)."""
@@ -168,17 +196,20 @@ class SplitRoundLoop:
             reset = sorted(self.pending_reset.get(i, ()))
             if self._begin(round_number, i, cuts[i], start, reset, reset_all, dropped):
                 self.main_server.begin_round(i, cuts[i], start, reset=reset, reset_all=reset_all)
+                self.main_server.use_wire(i, self._wire.get(i))
                 self.pending_reset.pop(i, None)
         return [i for i in clients if i not in self.clients.dropped]
 
     def _train(
         self, round_number: int, clients: list[int], dropped: list[dict]
-    ) -> tuple[float, int, dict[int, list[tuple[int, int]]]]:
+    ) -> tuple[float, int, dict[int, list[tuple[int, int]]], dict[int, tuple[float, int, int]]]:
         """The split steps. Each client's step runs forward -> server -> backward before the
         next client starts, so only one client's activations are alive at a time (the virtual
-        clock, not this order, models clients running in parallel)."""
+        clock, not this order, models clients running in parallel). Returns the summed loss and
+        tokens, each client's step shapes, and its (loss, tokens, correct) (the free signal, D11)."""
         loss_sum, tokens = 0.0, 0
         step_shapes: dict[int, list[tuple[int, int]]] = {i: [] for i in clients}
+        totals = dict.fromkeys(clients, (0.0, 0, 0))
         for step in range(self.cfg.federation.local_steps):
             global_step = (round_number - 1) * self.cfg.federation.local_steps + step
             for i in clients:
@@ -193,8 +224,10 @@ class SplitRoundLoop:
                 grad, stats = served
                 loss_sum, tokens = loss_sum + stats.loss_sum, tokens + stats.tokens
                 step_shapes[i].append((stats.batch, stats.seq_len))
+                loss_i, tokens_i, correct_i = totals[i]
+                totals[i] = (loss_i + stats.loss_sum, tokens_i + stats.tokens, correct_i + stats.correct)
                 self._call(round_number, i, "backward_step", grad, dropped)
-        return loss_sum, tokens, step_shapes
+        return loss_sum, tokens, step_shapes, totals
 
     def _merge(
         self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
@@ -236,6 +269,8 @@ class SplitRoundLoop:
             "reset": [n for n in reset if n in ranks],
             "reset_all": reset_all,
         }
+        if i in self._wire:  # only then: default control messages stay byte for byte as they were
+            meta["wire"] = self._wire[i]
         if held:
             entries = []
         elif client_format(self.cfg.codec.adapters, i, "fp32") in DELTA_FORMATS:
@@ -338,6 +373,7 @@ class SplitRoundLoop:
             "pending_reset": {str(i): sorted(v) for i, v in self.pending_reset.items()},
             "references": {str(i): v for i, v in self.references.items()},
             "clock": self.clock.to_dict(),
+            "planner": self.planner.state_dict(),
             "ledger": self.ledger.to_dict(),
             "fed_server": self.fed_server.state_dict(),
             "main_server": self.main_server.state_dict(),
@@ -348,6 +384,7 @@ class SplitRoundLoop:
         self.fed_server.load_state_dict(state["fed_server"])
         self.main_server.load_state_dict(state["main_server"])
         self.clock = VirtualClock.from_dict(state["clock"])
+        self.planner.load_state_dict(state["planner"])
         self.clients.load_state_dict(state["clients"])
         self.previous_cuts = list(state["previous_cuts"])
         self.accuracy = {int(i): a for i, a in state["accuracy"].items()}

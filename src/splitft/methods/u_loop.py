@@ -1,4 +1,4 @@
-"""The round loop of a U-shaped split (``split.shape = "u"``; docs/architecture.md, D11).
+"""The round loop of a U-shaped split (``split.shape = "u"``; docs/architecture.md, D15).
 
 Everything but the step and the held-out check is the vanilla loop's (``split_loop.py``). One
 step of client ``i`` has four transfers instead of two, and the labels never leave the client:

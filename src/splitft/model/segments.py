@@ -1,5 +1,5 @@
 """Which blocks each side runs for one client, in a vanilla or a U-shaped split
-(docs/architecture.md, D11).
+(docs/architecture.md, D15).
 
 With ``M`` blocks, cut ``k`` and tail ``t`` (``t = 0``: vanilla), the client runs the
 embeddings and blocks ``[0, k)`` and, in a U shape, blocks ``[M - t, M)`` with the final norm,

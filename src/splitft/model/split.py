@@ -1,6 +1,6 @@
 """Split one causal LM at block ``k``: the client runs embeddings + blocks ``[0, k)``, the main
 server runs blocks ``[k, M)`` + final norm + head. In a U-shaped split (docs/architecture.md,
-D11) the server stops after block ``M - t - 1`` (:meth:`SplitModel.middle_forward`) and the
+D15) the server stops after block ``M - t - 1`` (:meth:`SplitModel.middle_forward`) and the
 client runs ``[M - t, M)`` + final norm + head the way the server runs its part.
 
 Both halves run the model's *own* forward pass, so every family's masks (padding, causal,

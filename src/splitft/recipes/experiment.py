@@ -132,7 +132,7 @@ def setup(cfg: Config, prepare: Callable[[Any], PreparedData] | None = None) -> 
     model = shared.model
     cuts = start_cuts(cfg, model.num_blocks)
     uses_accuracy = method.splits and POLICIES.get(cfg.policy.name).uses_accuracy
-    heldout = cfg.policy.heldout_samples if uses_accuracy else 0
+    heldout = cfg.policy.heldout_samples if uses_accuracy and cfg.policy.signal == "heldout" else 0
     timer = RoundTimer(cfg, model.model.config, model.num_blocks, method.splits, heldout)
     exp = Experiment(cfg, method, tokenizer, shared, data, cuts, timer)
     method.check(exp)

@@ -38,7 +38,29 @@ def metrics_row(exp: Experiment, result: RoundResult) -> dict[str, Any]:
         "canonicalized_blocks": result.canonicalized,
         "svd_truncation_error": result.truncation_error,
         "dropped": result.dropped,
+        "predicted_round_s": result.predicted_s,
+        "sat_out": result.sat_out,
+        "conditions": result.conditions,
+        "wire": result.wire,
+        "train_acc_by_client": {str(i): a for i, a in result.train_acc.items()},
         **exp.ledger.round_totals(result.round),
+    }
+
+
+def prediction_error(metrics: list[dict]) -> dict[str, Any] | None:
+    """How far the policy's predicted round times were from the rounds' actual times: mean
+    absolute error in seconds and relative to the actual time (None: no round was predicted)."""
+    pairs = [
+        (m["predicted_round_s"], m["round_virtual_s"])
+        for m in metrics
+        if m.get("predicted_round_s") is not None
+    ]
+    if not pairs:
+        return None
+    return {
+        "mean_abs_s": sum(abs(p - a) for p, a in pairs) / len(pairs),
+        "mean_abs_rel": sum(abs(p - a) / a for p, a in pairs if a > 0) / len(pairs),
+        "rounds": len(pairs),
     }
 
 
@@ -87,6 +109,12 @@ def summarize(
             "max_cut": exp.timer.max_cut,
         },
         "dropped_clients": sorted({d["client"] for m in metrics for d in m["dropped"]}),
+        "prediction_error": prediction_error(metrics),
+        "sat_out_rounds": {
+            str(i): n
+            for i in range(exp.cfg.federation.num_clients)
+            if (n := sum(i in m.get("sat_out", ()) for m in metrics))
+        },
         "model": {
             "name": exp.cfg.model.name,
             "family": exp.model.family.name,

@@ -2,7 +2,7 @@
 
 Its raw text never leaves it: what it sends is the hidden state at its cut (the smashed data),
 the labels and attention mask of the batch, and its adapters at the end of a round. In a
-U-shaped split (``split.shape = "u"``; docs/architecture.md, D11) it also runs the last
+U-shaped split (``split.shape = "u"``; docs/architecture.md, D15) it also runs the last
 ``split.tail`` blocks, the head and the loss (:meth:`Client.tail_step`), so it sends no labels:
 only hidden states, the gradient at the tail's input and the attention mask. Every method takes
 and returns codec bytes, so the same object serves any runtime.
@@ -69,11 +69,13 @@ class Client:
         """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
         self.feedback = ErrorFeedback()
         """Delta-int8: the residual of each adapter change not yet sent."""
+        self.wire: str | None = None
+        """This round's activation format where the policy chose one (docs/architecture.md, D14)."""
 
     @property
     def activation_format(self) -> str:
         codec = self.cfg.codec
-        return client_format(codec.activations, self.client_id, codec.activation_dtype)
+        return self.wire or client_format(codec.activations, self.client_id, codec.activation_dtype)
 
     @property
     def adapter_format(self) -> str:
@@ -106,6 +108,7 @@ class Client:
         message = read(payload)
         meta = message["control"]
         cut = int(meta["cut"])
+        self.wire = meta.get("wire")
         if cut != self.cut:
             old_ranks = self.ranks if self.cut else {}
             self.cut = cut

@@ -1,5 +1,5 @@
 """The main server role: blocks ``[cut, M)`` + final norm + head + loss, for every client; in a
-U-shaped split (docs/architecture.md, D11) blocks ``[cut, M - tail)`` only, in two calls per
+U-shaped split (docs/architecture.md, D15) blocks ``[cut, M - tail)`` only, in two calls per
 step (:meth:`MainServer.forward_middle`, :meth:`MainServer.backward_middle`).
 
 It keeps one server-side copy of the adapters per client (docs/architecture.md, D1: every
@@ -61,9 +61,18 @@ class MainServer:
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         """U shape: per client, (the hidden state received, the middle's output) of the step
         between :meth:`forward_middle` and :meth:`backward_middle`, with its graph."""
+        self.wire: dict[int, str] = {}
+        """This round's gradient format per client where the policy chose one (docs/architecture.md, D14)."""
 
     def segments(self, client_id: int, cut: int) -> Segments:
         return Segments(self.model.num_blocks, cut, self.cfg.split.tail_of(client_id))
+
+    def use_wire(self, client_id: int, spec: str | None) -> None:
+        """Send client ``client_id``'s gradients this round in ``spec`` (None: as [codec] says)."""
+        if spec is None:
+            self.wire.pop(client_id, None)
+        else:
+            self.wire[client_id] = spec
 
     def _copy_for(self, client_id: int, cut: int) -> _ServerCopy:
         """Client ``client_id``'s copy over blocks ``[cut, M)``: tensors (and their moments) it
@@ -157,9 +166,12 @@ class MainServer:
         return grad, StepStats(float(loss_sum.detach()), tokens, correct, *hidden.shape[:2])
 
     def _gradient_message(self, client_id: int, grad: torch.Tensor, global_step: int) -> bytes:
-        """The gradient at client ``client_id``'s cut, in its gradient format (a lossy one
-        through this server's error feedback for that client)."""
-        spec = client_format(self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype)
+        """The gradient at client ``client_id``'s cut, in this round's format for it (the
+        policy's choice, else its configured one; a lossy one through this server's error
+        feedback for that client)."""
+        spec = self.wire.get(client_id) or client_format(
+            self.cfg.codec.gradients, client_id, self.cfg.codec.gradient_dtype
+        )
         value, dtype = self.feedback.encode(str(client_id), grad.cpu(), spec)
         return encode_message(
             [

@@ -13,7 +13,7 @@ backward + optimizer step] -> held-out evaluation -> adapter upload. The one mai
 runs its jobs FIFO in arrival order (ties: lower client index first); the server link is
 not shared (a 10 Gbit/s server link is never the bottleneck of phone-class clients).
 
-A U-shaped step (docs/architecture.md, D11) has four legs and two server jobs: client forward
+A U-shaped step (docs/architecture.md, D15) has four legs and two server jobs: client forward
 -> upload (hidden state + mask) -> server forward (a queued job) -> download (hidden state) ->
 client tail, head, loss and their backward -> upload (gradient) -> server backward (a second
 queued job) -> download (gradient) -> client backward and optimizer step.
@@ -32,7 +32,8 @@ is done. ``order="sequential"`` (the paper's Algorithm 1): each client starts wh
 before it is done, so the makespan is the sum of the per-client times.
 
 Per client, ``compute_s + comm_s + server_s + wait_s`` is its time from its start to its end:
-its device's compute, its transfers, the server computing for it, its jobs waiting in the queue.
+its device's compute, its transfers, the server computing for it, its jobs waiting in the queue
+(``up_s`` and ``down_s`` split out the transfers' byte time, latency excluded).
 
 Caveat for policies: with heterogeneous clients in parallel, a faster link for one client can
 *increase* the makespan (it may overtake a client whose critical path then waits in the FIFO
@@ -79,7 +80,7 @@ class ClientWork:
     """The client's part of the held-out evaluation (its blocks, on its device); ``eval_flops``
     is the server's part."""
     tail_flops: float = 0.0
-    """U shape (docs/architecture.md, D11): the client's tail, head and loss per step, between
+    """U shape (docs/architecture.md, D15): the client's tail, head and loss per step, between
     the server's two jobs; 0: a vanilla step, one server job."""
     server_backward_flops: float = 0.0
     """U shape: the server's second job of a step (``server_flops`` is then its first)."""
@@ -137,6 +138,11 @@ class ClientTime:
     comm_s: float = 0.0
     server_s: float = 0.0
     wait_s: float = 0.0
+    up_s: float = 0.0
+    """Of ``comm_s``, the seconds its bytes took going up, latency excluded (what the policy's
+    observer divides the bytes by, ``sim/observer.py``)."""
+    down_s: float = 0.0
+    """The same for the bytes coming down."""
 
 
 @dataclass(frozen=True)
@@ -183,9 +189,14 @@ class _Client:
         self.time.compute_s += seconds
 
     def transfer(self, num_bytes: float, up: bool) -> None:
-        seconds = self.latency + num_bytes / (self.up_bps if up else self.down_bps)
+        on_the_wire = num_bytes / (self.up_bps if up else self.down_bps)
+        seconds = self.latency + on_the_wire
         self.t += seconds
         self.time.comm_s += seconds
+        if up:
+            self.time.up_s += on_the_wire
+        else:
+            self.time.down_s += on_the_wire
 
     def next_job(self) -> tuple[float, float] | None:
         """(arrival at the server, server FLOPs) of the next job, or None when done."""

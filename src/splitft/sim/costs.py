@@ -22,7 +22,7 @@ its gradient; OPT's ``project_out`` (``h != e``) adds ``4*h*e`` per token, ``pro
 GPT-Neo's local-attention layers are counted as full attention (an upper bound).
 
 Memory (what a device must hold for a cut) is in ``memory.py``. A U-shaped split
-(docs/architecture.md, D11) moves the head, the loss and the last ``tail`` blocks to the client:
+(docs/architecture.md, D15) moves the head, the loss and the last ``tail`` blocks to the client:
 :meth:`StepCosts.for_cut` with ``tail`` splits the step into its four legs.
 """
 
@@ -281,7 +281,7 @@ def cut_bytes(spec: str, batch: int, seq_len: int, hidden: int) -> int:
 class StepCosts:
     """Predicted FLOPs and bytes of one split step for one client at one cut.
 
-    A U-shaped step (``tail`` > 0; docs/architecture.md, D11) has four legs: ``up_bytes`` (the
+    A U-shaped step (``tail`` > 0; docs/architecture.md, D15) has four legs: ``up_bytes`` (the
     hidden state at the cut and the attention mask) -> ``server_flops`` (the middle's forward) ->
     ``tail_down_bytes`` (its output) -> ``tail_flops`` on the client -> ``tail_up_bytes`` (the
     gradient at the tail's input) -> ``server_backward_flops`` -> ``down_bytes`` (the gradient

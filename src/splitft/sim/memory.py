@@ -8,7 +8,7 @@ per block, in floats: ``4*h`` (inputs and outputs of both norms) + ``q + 2*kv`` 
 ``heads*s`` (attention probabilities, kept by eager attention) + ``q`` (input of the output
 projection) + ``4*I`` gated (gate, up, activation, product) or ``2*I`` (pre- and post-activation).
 LoRA's rank-r intermediates add < 1% and are left out. A U-shaped client (docs/architecture.md,
-D11) adds its tail's blocks and their activations, the head (nothing when it is tied to the
+D15) adds its tail's blocks and their activations, the head (nothing when it is tied to the
 embeddings the client already holds) and the loss's logits (whole, with their gradient, or
 one ``loss_chunk`` of them).
 """

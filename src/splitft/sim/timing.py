@@ -11,14 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from splitft.config import Config
 from splitft.config_codec import client_format
 from splitft.sim.clock import ClientTime, ClientWork, RoundTiming, predict_round, simulate_round
+from splitft.sim.conditions import Conditions, load_conditions
 from splitft.sim.costs import ModelShape, StepCosts, heldout_flops, unsplit_step_flops
 from splitft.sim.devices import DeviceProfile, parse_profiles, server_profile
 from splitft.sim.memory import check_fits, whole_model_memory_bytes
 from splitft.wire.ledger import ByteLedger
+
+
+class Devices(Protocol):
+    """Devices as someone sees them: the clock under the round's conditions
+    (``sim/conditions.py`` Snapshot) or the policy from what it observed (``sim/observer.py``)."""
+
+    def device(self, i: int, profile: DeviceProfile) -> DeviceProfile: ...
+
+    def server_device(self, profile: DeviceProfile) -> DeviceProfile: ...
 
 
 def server_speed(value: str) -> str | float:
@@ -50,6 +61,10 @@ class RoundTimer:
         self.server = server_profile(server_speed(cfg.devices.server))
         self.tails = [cfg.split.tail_of(i) for i in range(n)]
         """Each client's U-shape tail (0: vanilla): on its device, in its memory and its steps."""
+        self.conditions: Conditions = load_conditions(
+            cfg.devices.conditions, n, cfg.seed, cfg.devices.change_every_s
+        )
+        """The truth the clock times rounds under; the policy never reads it (sim/observer.py)."""
         lora = cfg.lora
         self.whole_model_bytes = whole_model_memory_bytes(
             self.shape, cfg.train.batch_size, cfg.data.max_length, lora.r_others
@@ -87,14 +102,32 @@ class RoundTimer:
             for i in range(self.cfg.federation.num_clients)
         ]
 
-    def predict(self, cuts: Sequence[int]) -> RoundTiming:
-        """Predicted timing of a full-length round with ``cuts`` (every client taking part)."""
+    def predict(
+        self,
+        cuts: Sequence[int],
+        clients: Sequence[int] | None = None,
+        estimate: Devices | None = None,
+        wire: Sequence[str | None] | None = None,
+        heldout: bool = True,
+    ) -> RoundTiming:
+        """Predicted timing of a full-length round with ``cuts`` (one per client, in client
+        order) for ``clients`` (None: every client; timing keys are positions in that list).
+        ``estimate`` gives the devices as the policy knows them (None: the profiles); ``wire``
+        a format of activations and gradients per client replacing the configured one where
+        not None; ``heldout``: whether the round ends with the held-out check."""
         cfg = self.cfg
-        return predict_round(
-            self.devices,
-            cuts,
+        chosen = list(range(len(cuts))) if clients is None else list(clients)
+        devices = (
+            self.devices if estimate is None else [estimate.device(i, d) for i, d in enumerate(self.devices)]
+        )
+        formats = self.formats
+        if wire is not None:
+            formats = [(w, w, f[2]) if w is not None else f for f, w in zip(formats, wire, strict=True)]
+        timing = predict_round(
+            [devices[i] for i in chosen],
+            [cuts[i] for i in chosen],
             self.shape,
-            self.server,
+            self.server if estimate is None else estimate.server_device(self.server),
             cfg.train.batch_size,
             cfg.data.max_length,
             steps=cfg.federation.local_steps,
@@ -103,10 +136,17 @@ class RoundTimer:
             r_cut=cfg.lora.client_cut_rank,
             server_r_cut=cfg.lora.server_cut_rank,
             order=cfg.devices.order,
-            heldout_samples=self.heldout_samples,
+            heldout_samples=self.heldout_samples if heldout else 0,
             in_order=self.in_order,
-            formats=self.formats,
-            tails=self.tails,
+            formats=[formats[i] for i in chosen],
+            tails=[self.tails[i] for i in chosen],
+        )
+        if clients is None:
+            return timing
+        return replace(  # keyed by client index, not by position among the chosen
+            timing,
+            per_client_s={chosen[k]: t for k, t in timing.per_client_s.items()},
+            breakdown={chosen[k]: t for k, t in timing.breakdown.items()},
         )
 
     def actual(
@@ -115,9 +155,34 @@ class RoundTimer:
         cuts: Sequence[int],
         step_shapes: Mapping[int, Sequence[tuple[int, int]]],
         ledger: ByteLedger,
+        conditions: Devices | None = None,
+        heldout: bool = True,
     ) -> RoundTiming:
-        """Timing of a round that happened: client ``i`` ran steps of (batch, seq_len) shapes."""
+        """Timing of a round that happened: client ``i`` ran steps of (batch, seq_len) shapes,
+        on its device under ``conditions`` (None: the profiles)."""
+        works = self.actual_works(round_number, cuts, step_shapes, ledger, heldout)
+        return self.simulate(works, conditions)
+
+    def simulate(self, works: Mapping[int, ClientWork], conditions: Devices | None = None) -> RoundTiming:
+        """The clock on ``works`` (each at its client's profile) under ``conditions``."""
+        server = self.server
+        if conditions is not None:
+            works = {i: replace(w, device=conditions.device(i, w.device)) for i, w in works.items()}
+            server = conditions.server_device(server)
+        return simulate_round(server, works, self.cfg.devices.order, self.in_order)
+
+    def actual_works(
+        self,
+        round_number: int,
+        cuts: Sequence[int],
+        step_shapes: Mapping[int, Sequence[tuple[int, int]]],
+        ledger: ByteLedger,
+        heldout: bool = True,
+    ) -> dict[int, ClientWork]:
+        """What each client did in a round that happened, at its profile: FLOPs from its step
+        shapes, bytes from the ledger (``heldout``: whether the round ran the held-out check)."""
         cfg = self.cfg
+        samples = self.heldout_samples if heldout else 0
         works = {}
         for i, shapes in step_shapes.items():
             flows = ledger.client_round(round_number, i)
@@ -137,7 +202,7 @@ class RoundTimer:
             ]
             mean = lambda attr, costs=costs: sum(getattr(c, attr) for c in costs) / max(len(costs), 1)  # noqa: E731
             eval_client, eval_server = heldout_flops(
-                self.shape, self.heldout_samples, cfg.data.max_length, cuts[i], self.tails[i]
+                self.shape, samples, cfg.data.max_length, cuts[i], self.tails[i]
             )
             works[i] = ClientWork(
                 self.devices[i],
@@ -154,7 +219,7 @@ class RoundTimer:
             )
             if self.tails[i]:
                 works[i] = u_shaped_legs(works[i], flows, steps, mean)
-        return simulate_round(self.server, works, cfg.devices.order, self.in_order)
+        return works
 
     def _whole_model_flops(self, shapes: Sequence[Sequence[int]]) -> float:
         ranks = [self.cfg.lora.r_others] * self.shape.num_blocks
@@ -191,7 +256,7 @@ class RoundTimer:
 def u_shaped_legs(
     work: ClientWork, flows: Mapping[str, Mapping[str, int]], steps: int, mean: Callable[[str], float]
 ) -> ClientWork:
-    """A U-shaped client's round (docs/architecture.md, D11): its steps' four legs from the
+    """A U-shaped client's round (docs/architecture.md, D15): its steps' four legs from the
     ledger (activations down feed the tail, gradients up leave it; the rest of each direction,
     framing and the attention mask included, is the vanilla legs'), and the tail's FLOPs."""
     activations_down, gradients_up = flows["down"]["activations"], flows["up"]["gradients"]
