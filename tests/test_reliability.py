@@ -190,12 +190,15 @@ def test_checks_name_what_is_wrong():
 @pytest.mark.parametrize(
     "method, symptom",
     [
-        # split: the clients' activations turn NaN first; each is dropped, and with none left
-        # the run stops as diverged, naming every client and why
+        # split, per-client server copies: the clients' activations turn NaN first; each is
+        # dropped, and with none left the run stops as diverged, naming every client and why
         (
-            "splitft",
+            "splitft:per-client",
             r"every client failed \(client 0: CodecError: tensor holds NaN or infinite values; refusing",
         ),
+        # split, one shared server set: the server's own set diverges on a client's step; that is
+        # the server's failure, not the client's, so the run stops naming the step's client
+        ("splitft:shared", r"client \d: the gradient norm is nan at step \d+: training diverged"),
         ("fedlora", r"no client finished \(client 0: DivergenceError: the gradient norm is nan"),
         ("centralized", r"the gradient norm is nan at step \d+: training diverged \(train.lr = 1e\+30"),
     ],
@@ -206,7 +209,9 @@ def test_divergence_stops_the_run_naming_round_and_client(corpus, tmp_path, caps
     out = tmp_path / "run"
     argv = ["train", "--model.name", "tiny:llama", "--data.train", str(corpus), "--threads", "1"]
     argv += ["--federation.num_clients", "2", "--federation.rounds", "6", "--train.lr", "1e30"]
+    method, _, server_adapters = method.partition(":")
     argv += ["--train.max_grad_norm", "0", "--eval.max_samples", "4", "--method", method, "--out", str(out)]
+    argv += ["--split.server_adapters", server_adapters] if server_adapters else []
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(r"error: round \d+: ", err) and re.search(symptom, err), err
