@@ -4,7 +4,9 @@ Every client holds the whole model. Each round it gets the global adapters (ever
 ``r_others``), runs ``local_steps`` steps of plain LoRA fine-tuning on its own data and uploads
 its adapters; the fed server merges them (FedAvg, or the svd merge) into the new global set.
 Only adapters and control records cross the boundary, through the same codec, runtime and
-byte ledger as split learning. A client whose device memory cannot hold the whole model for
+byte ledger as split learning; ``codec.adapters`` compresses them both ways as it does for the
+split methods (changes against what the receiver holds, ``wire/adapter_sync.py``;
+docs/architecture.md, "Compression"). A client whose device memory cannot hold the whole model for
 training is *infeasible*: it is left out of every round and reported, never silently run
 (that client is the reason split learning exists).
 """
