@@ -183,7 +183,12 @@ def test_config_lists_one_for_all_or_one_per_client():
         ({"codec.gradients": "topk:abc"}, "(0 < fraction <= 1)"),
         ({"codec.adapters": "int8"}, "codec.adapters = ['int8']: every value must be one of fp32, delta,"),
         ({"codec.adapters": "fp32,fp32"}, "must hold 0, 1 or num_clients=5 values"),
-        ({"codec.adapters": "delta", "method": "fedlora"}, "must be empty or fp32 with method = 'fedlora'"),
+        ({"codec.activations": "int8", "method": "fedlora"}, "must be empty or fp32 with method = 'fedlora'"),
+        ({"codec.gradients": "int8", "method": "fedlora"}, "at a split's cut"),
+        (
+            {"codec.adapters": "delta", "method": "centralized"},
+            "with method = 'centralized', which exchanges no",
+        ),
     ],
 )
 def test_bad_formats_are_clear_errors(override, message):

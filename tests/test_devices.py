@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import AutoConfig
 
+from splitft.config import Config
 from splitft.errors import ConfigError
 from splitft.model.loading import smollm2_config
 from splitft.sim.costs import (
@@ -24,7 +25,15 @@ from splitft.sim.devices import (
     parse_profiles,
     server_profile,
 )
-from splitft.sim.memory import check_fits, client_memory_bytes, max_cut_that_fits
+from splitft.sim.memory import (
+    RUNTIME_OVERHEAD_BYTES,
+    activation_floats_per_token,
+    check_fits,
+    client_memory_bytes,
+    max_cut_that_fits,
+    whole_model_memory_bytes,
+)
+from splitft.sim.timing import RoundTimer
 
 BATCH, SEQ = 4, 128
 
@@ -274,3 +283,53 @@ def test_check_fits_names_the_client_its_memory_and_what_one_block_needs() -> No
     devices = [TIERS["laptop"], with_memory(150e6)]
     with pytest.raises(ConfigError, match=r"client 1 \(test\) has 150.0 MB .* one block need 1\d\d\.\d MB"):
         check_fits(shape, devices, BATCH, SEQ)
+
+
+def test_bf16_holds_the_frozen_base_and_its_activations_in_two_bytes() -> None:
+    """Frozen weights (embeddings + blocks) and the blocks' activations take 2 bytes each in
+    bf16 and fp16; the adapters x4 (weights, gradients, AdamW moments) stay fp32."""
+    shape, cut = smollm2(), 7
+    lora = client_lora_params(shape, cut, 16, 8)
+    fp32, bf16, fp16 = (
+        client_memory_bytes(shape, cut, BATCH, SEQ, lora, compute_dtype=d) for d in ("fp32", "bf16", "fp16")
+    )
+    weights = shape.embedding_params + cut * shape.block_params
+    activations = BATCH * SEQ * cut * activation_floats_per_token(shape, SEQ)
+    assert fp32 - bf16 == 2 * (weights + activations)
+    assert bf16 == 2 * (weights + activations) + 4 * 4 * lora + RUNTIME_OVERHEAD_BYTES
+    assert fp16 == bf16
+    assert client_memory_bytes(shape, cut, BATCH, SEQ, lora) == fp32  # the default is fp32
+    # The whole model (fedlora): every block, the logits and their gradient stay fp32.
+    whole = [whole_model_memory_bytes(shape, BATCH, SEQ, 16, d) for d in ("fp32", "bf16")]
+    every_block = shape.embedding_params + shape.num_blocks * shape.block_params
+    every_activation = BATCH * SEQ * shape.num_blocks * activation_floats_per_token(shape, SEQ)
+    assert whole[0] - whole[1] == 2 * (every_block + every_activation)
+
+
+def test_a_device_that_cannot_hold_a_cut_in_fp32_holds_it_in_bf16() -> None:
+    shape, cut = smollm2(), 12
+    need = {
+        d: client_memory_bytes(shape, cut, BATCH, SEQ, client_lora_params(shape, cut, 16, 8), compute_dtype=d)
+        for d in ("fp32", "bf16")
+    }
+    device = with_memory((need["fp32"] + need["bf16"]) / 2)
+    assert (
+        check_fits(shape, [device], BATCH, SEQ)[0]
+        < cut
+        <= check_fits(shape, [device], BATCH, SEQ, compute_dtype="bf16")[0]
+    )
+    # The run's timer takes compute_dtype from the config: larger cuts, and fedlora on a tablet.
+    timers = {
+        d: RoundTimer(
+            Config().with_overrides(
+                {"compute_dtype": d, "data.max_length": "128", "devices.preset": "hetero"}
+            ),
+            smollm2_config(),
+            30,
+        )
+        for d in ("fp32", "bf16")
+    }
+    assert timers["fp32"].max_cut == [3, 10, 24, 29, 29]  # the hetero preset, as before
+    assert timers["bf16"].max_cut == [9, 22, 29, 29, 29]
+    assert timers["fp32"].whole_model_fits == [False, False, False, True, True]
+    assert timers["bf16"].whole_model_fits == [False, False, True, True, True]

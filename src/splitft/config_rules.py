@@ -149,13 +149,18 @@ def method_rules(cfg: Config) -> list[tuple[str, Callable[[Any], bool], str]]:
     method = METHODS.get(cfg.method)
     if method.splits:
         return method.config_rules(cfg)
-    plain = f"must be empty or fp32 with method = '{cfg.method}' (compression applies to the split methods)"
-    keys = ("codec.activations", "codec.gradients", "codec.adapters")
+    no_cut = f"must be empty or fp32 with method = '{cfg.method}' (activations and gradients cross at a split's cut)"
+    codec_rules: list[tuple[str, Callable[[Any], bool], str]] = [
+        (key, lambda v: set(v) <= {"fp32"}, no_cut) for key in ("codec.activations", "codec.gradients")
+    ]
+    if "adapters" not in method.sends:  # fedlora's whole traffic is the adapter exchange
+        exchanges_none = f"must be empty or fp32 with method = '{cfg.method}', which exchanges no adapters"
+        codec_rules.append(("codec.adapters", lambda v: set(v) <= {"fp32"}, exchanges_none))
     no_split = f"must be 'vanilla' with method = '{cfg.method}', which does not split the model"
     static = f"must be 'static' with method = '{cfg.method}' (changing conditions apply to the split methods)"
     return [
         *method.config_rules(cfg),
-        *((key, lambda v: set(v) <= {"fp32"}, plain) for key in keys),
+        *codec_rules,
         ("split.shape", lambda v: v == "vanilla", no_split),
         ("devices.conditions", lambda v: v == "static", static),
     ]

@@ -4,7 +4,9 @@ Every client holds the whole model. Each round it gets the global adapters (ever
 ``r_others``), runs ``local_steps`` steps of plain LoRA fine-tuning on its own data and uploads
 its adapters; the fed server merges them (FedAvg, or the svd merge) into the new global set.
 Only adapters and control records cross the boundary, through the same codec, runtime and
-byte ledger as split learning. A client whose device memory cannot hold the whole model for
+byte ledger as split learning; ``codec.adapters`` compresses them both ways as it does for the
+split methods (changes against what the receiver holds, ``wire/adapter_sync.py``;
+docs/architecture.md, "Compression"). A client whose device memory cannot hold the whole model for
 training is *infeasible*: it is left out of every round and reported, never silently run
 (that client is the reason split learning exists).
 """
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from splitft.algorithms.aggregation import Contribution
 from splitft.algorithms.policy import Decision
 from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.errors import ConfigError, DivergenceError, ReplyError, SplitFTError
 from splitft.methods.base import Experiment, Method, RoundResult, SharedModel, sample_clients
 from splitft.model.lora import AdapterLayout, Adapters, full_ranks
@@ -26,10 +29,11 @@ from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.timing import RoundTimer
 from splitft.wire import checks
+from splitft.wire.adapter_sync import References, adapter_download, load_references, references_state
 from splitft.wire.calls import Clients, guarded
-from splitft.wire.codec import encode_message
+from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
-from splitft.wire.messages import adapter_entries, control, read
+from splitft.wire.messages import DELTA_FORMATS, adapter_entries, control, read
 
 if TYPE_CHECKING:
     from splitft.data.tokenize import TokenizedDataset
@@ -57,6 +61,8 @@ class FedLoraLoop:
         self.feasible = list(feasible)
         self.clock = VirtualClock()
         self.num_clients = cfg.federation.num_clients
+        self.references: References = {}
+        """Delta adapter formats: what each client decoded of its last download (its reference)."""
 
     @property
     def global_adapters(self) -> Adapters:
@@ -71,7 +77,8 @@ class FedLoraLoop:
         request = control(steps=steps, first_step=(round_number - 1) * steps)
         loss_sum, tokens, shapes, contributions = 0.0, 0, {}, []
         for i in sample_clients(self.cfg, alive, round_number):
-            if self._call(round_number, i, "begin_round", adapters, dropped) is None:
+            download = self._download(round_number, i, adapters)
+            if self._call(round_number, i, "begin_round", download, dropped) is None:
                 continue
             if (result := self._call(round_number, i, "train", request, dropped)) is None:
                 continue
@@ -115,6 +122,19 @@ class FedLoraLoop:
             truncation_error=truncation,
         )
 
+    def _download(self, round_number: int, i: int, whole: bytes) -> bytes:
+        """Client ``i``'s ``begin_round`` message: ``whole`` (every client's fp32 global set), or
+        in a delta format its change against what the client holds (wire/adapter_sync.py)."""
+        spec = client_format(self.cfg.codec.adapters, i, "fp32")
+        if spec not in DELTA_FORMATS:
+            return whole
+        ranks = full_ranks(self.layout)
+        entries, delta = adapter_download(
+            self.references, round_number, i, self.num_blocks, self.global_adapters, ranks, spec, self.layout
+        )
+        entries.append(Entry("control", "control", {"delta": delta}))
+        return encode_message(entries).data
+
     def _read_replies(self, result: bytes, upload: bytes) -> tuple[tuple[float, int, list], Contribution]:
         """A trainer's ``train`` stats and its upload, checked (ReplyError or CodecError)."""
         stats = _train_stats(result, self.cfg.federation.local_steps)
@@ -134,9 +154,11 @@ class FedLoraLoop:
         return self.clients.call(i, method, payload, dropped)
 
     def state_dict(self) -> dict[str, Any]:
-        """The global set, the clients' trainer states (asked of each), the clock and the ledger."""
+        """The global set, the clients' trainer states (asked of each), the clock, the ledger and
+        the clients' references (delta adapter formats)."""
         return {
             "fed_server": self.fed_server.state_dict(),
+            "references": references_state(self.references),
             "clients": self.clients.state_dict(),
             "clock": self.clock.to_dict(),
             "ledger": self.ledger.to_dict(),
@@ -147,6 +169,8 @@ class FedLoraLoop:
         self.clock = VirtualClock.from_dict(state["clock"])
         self.clients.load_state_dict(state["clients"])
         self.ledger.restore(state["ledger"])
+        device = next(iter(self.global_adapters.values())).device
+        self.references = load_references(state.get("references", {}), device)
 
 
 def _train_stats(payload: bytes, steps: int) -> tuple[float, int, list[list[int]]]:

@@ -40,11 +40,12 @@ from splitft.runtime.base import Runtime
 from splitft.sim.clock import VirtualClock
 from splitft.sim.conditions import Snapshot
 from splitft.sim.timing import RoundTimer
+from splitft.wire.adapter_sync import References, adapter_download, load_references, references_state
 from splitft.wire.calls import Clients, guarded
 from splitft.wire.checks import diverged
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.ledger import ByteLedger
-from splitft.wire.messages import DELTA_FORMATS, adapter_entries, add_to, control, read_adapters
+from splitft.wire.messages import DELTA_FORMATS, adapter_entries, control
 
 
 def cut_blocks(
@@ -95,7 +96,7 @@ class SplitRoundLoop:
         self.pending_reset: dict[int, set[str]] = {}  # client -> tensors whose basis changed since
         # Delta adapter formats: what each client holds (as it decoded it) and the last round it
         # was sent adapters; a client that missed a round or moved its cut gets full tensors.
-        self.references: dict[int, dict[str, Any]] = {}
+        self.references: References = {}
         self.planner = RoundPlanner(cfg, timer)
         """Conditions, observed rates and the training signal (docs/architecture.md, D11-D13)."""
         # Client -> this round's format at the cut, where the policy chose one; the round's conditions.
@@ -263,6 +264,7 @@ class SplitRoundLoop:
         """Send client ``i`` its cut, what to reset, and the adapters it does not hold yet."""
         ranks = self._client_ranks(i, cut)
         held = self.synced.get(i) == (self.fed_server.version, cut)
+        spec = client_format(self.cfg.codec.adapters, i, "fp32")
         meta = {
             "round": round_number,
             "cut": cut,
@@ -273,8 +275,10 @@ class SplitRoundLoop:
             meta["wire"] = self._wire[i]
         if held:
             entries = []
-        elif client_format(self.cfg.codec.adapters, i, "fp32") in DELTA_FORMATS:
-            entries, meta["delta"] = self._adapter_update(round_number, i, cut, adapters, ranks)
+        elif spec in DELTA_FORMATS:
+            entries, meta["delta"] = adapter_download(
+                self.references, round_number, i, cut, adapters, ranks, spec, self.layout
+            )
         else:
             entries = adapter_entries({n: adapters[n] for n in ranks}, ranks)
         entries.append(Entry("control", "control", meta))
@@ -284,26 +288,6 @@ class SplitRoundLoop:
         if i in self.references:
             self.references[i]["round"] = round_number
         return True
-
-    def _adapter_update(
-        self, round_number: int, i: int, cut: int, adapters: Adapters, ranks: Mapping[str, int]
-    ) -> tuple[list[Entry], bool]:
-        """Delta formats: client ``i``'s adapters as the change against what it holds, or whole
-        tensors (in the same format) when it holds nothing current; tracks what it decodes, so
-        the next change carries this one's quantisation error. Returns (entries, delta)."""
-        held = self.references.get(i)
-        delta = held is not None and held["cut"] == cut and held["round"] >= round_number - 1
-        spec = client_format(self.cfg.codec.adapters, i, "fp32")
-        send = {n: adapters[n] - held["tensors"][n] if delta else adapters[n] for n in ranks}
-        entries = adapter_entries(send, ranks, spec)
-        decoded = read_adapters({e.name: e.value for e in entries}, self.layout)
-        device = next(iter(adapters.values())).device
-        if delta:
-            tensors = add_to(held["tensors"], decoded)
-        else:  # copies: a decoded fp32 tensor may be a view of the global set
-            tensors = {n: t.to(device).clone() for n, t in decoded.items()}
-        self.references[i] = {"cut": cut, "round": round_number, "tensors": tensors}
-        return entries, delta
 
     def _score_heldout(
         self, round_number: int, clients: list[int], cuts: list[int], dropped: list[dict]
@@ -371,7 +355,7 @@ class SplitRoundLoop:
             "cut_blocks": sorted(self.cut_blocks),
             "synced": {str(i): list(v) for i, v in self.synced.items()},
             "pending_reset": {str(i): sorted(v) for i, v in self.pending_reset.items()},
-            "references": {str(i): v for i, v in self.references.items()},
+            "references": references_state(self.references),
             "clock": self.clock.to_dict(),
             "planner": self.planner.state_dict(),
             "ledger": self.ledger.to_dict(),
@@ -392,8 +376,5 @@ class SplitRoundLoop:
         self.synced = {int(i): tuple(v) for i, v in state["synced"].items()}
         self.pending_reset = {int(i): set(v) for i, v in state["pending_reset"].items()}
         device = next(iter(self.global_adapters.values())).device
-        self.references = {
-            int(i): {**v, "tensors": {n: t.to(device) for n, t in v["tensors"].items()}}
-            for i, v in state.get("references", {}).items()
-        }
+        self.references = load_references(state.get("references", {}), device)
         self.ledger.restore(state["ledger"])  # in place: the experiment and the loop share it

@@ -22,18 +22,10 @@ from splitft.data.tokenize import BatchStream, TokenizedDataset, collate
 from splitft.model.lora import AdapterLayout
 from splitft.model.segments import Segments
 from splitft.model.split import SplitModel
+from splitft.wire.adapter_sync import HeldAdapters
 from splitft.wire.codec import Entry, encode_message
 from splitft.wire.feedback import ErrorFeedback
-from splitft.wire.messages import (
-    DELTA_FORMATS,
-    adapter_entries,
-    add_to,
-    control,
-    read,
-    read_adapters,
-    read_state,
-    state_message,
-)
+from splitft.wire.messages import control, read, read_state, state_message
 from splitft.wire.quantize import decode_value, encode_value
 
 
@@ -65,10 +57,9 @@ class Client:
         """U shape: labels and attention mask of the batch (or held-out samples) in flight, for the tail."""
         self.gradient_feedback = ErrorFeedback()
         """U shape, lossy gradient formats: the residual of the gradient at the tail's input."""
-        self.reference: dict[str, torch.Tensor] = {}
-        """Delta adapter formats: the adapters as last received (what the server thinks we hold)."""
-        self.feedback = ErrorFeedback()
-        """Delta-int8: the residual of each adapter change not yet sent."""
+        self.held = HeldAdapters(client_format(cfg.codec.adapters, client_id, "fp32"))
+        """Delta adapter formats: the adapters as last received (what the server thinks we hold)
+        and the residual of each change not yet sent (wire/adapter_sync.py)."""
         self.wire: str | None = None
         """This round's activation format where the policy chose one (docs/architecture.md, D14)."""
 
@@ -78,8 +69,14 @@ class Client:
         return self.wire or client_format(codec.activations, self.client_id, codec.activation_dtype)
 
     @property
-    def adapter_format(self) -> str:
-        return client_format(self.cfg.codec.adapters, self.client_id, "fp32")
+    def reference(self) -> dict[str, torch.Tensor]:
+        """Delta adapter formats: the adapters as last received."""
+        return self.held.reference
+
+    @property
+    def feedback(self) -> ErrorFeedback:
+        """Lossy delta formats: the residual of each adapter change not yet sent."""
+        return self.held.feedback
 
     @property
     def gradient_format(self) -> str:
@@ -124,15 +121,7 @@ class Client:
             # A tensor that now trains at a lower rank must not keep moments of its dropped components.
             self.optimizer.reset(n for n, r in self.ranks.items() if old_ranks.get(n, r) != r)
         self.optimizer.reset(self.params if meta.get("reset_all") else meta.get("reset", []))
-        received = read_adapters(message, self.layout)
-        if meta.get("delta"):
-            received = add_to(self.reference, received)
-        with torch.no_grad():
-            for name, tensor in received.items():
-                self.params[name].copy_(tensor)
-        if self.adapter_format in DELTA_FORMATS and received:
-            self.reference = {n: t.detach().clone() for n, t in self.params.items()}
-            self.feedback.keep_only(self.params)
+        self.held.take(message, self.layout, self.params)
         return control(ok=True)
 
     def heldout_forward(self, payload: bytes) -> bytes:
@@ -227,24 +216,14 @@ class Client:
     def end_round(self, payload: bytes) -> bytes:
         """Send this client's adapters (at the rank trained) back for aggregation; with a delta
         format, their change since the round's download instead."""
-        meta: dict[str, Any] = {"samples": len(self.data)}
-        if self.adapter_format in DELTA_FORMATS:
-            changes = {n: t.detach() - self.reference[n] for n, t in self.params.items()}
-            entries = adapter_entries(changes, self.ranks, self.adapter_format, self.feedback)
-            meta["delta"] = True
-        else:
-            entries = adapter_entries(self.params, self.ranks)
-        entries.append(Entry("control", "control", meta))
-        return encode_message(entries).data
+        return self.held.upload(self.params, self.ranks, {"samples": len(self.data)})
 
     def state_dict(self) -> dict[str, Any]:
         """Its cut, its position in the data stream, and its adapters with their AdamW moments."""
         state: dict[str, Any] = {"cut": self.cut, "batches_taken": self.stream.taken}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
-        if self.adapter_format in DELTA_FORMATS:
-            state["reference"] = dict(self.reference)
-            state["feedback"] = self.feedback.state_dict()
+        state.update(self.held.state_dict())
         if self.u_shape:
             state["gradient_feedback"] = self.gradient_feedback.state_dict()
         return state
@@ -264,9 +243,7 @@ class Client:
                 self.total_steps,
             )
             self.optimizer.load_state_dict(state["optimizer"])
-        device = self.model.device
-        self.reference = {n: t.to(device, torch.float32) for n, t in state.get("reference", {}).items()}
-        self.feedback.load_state_dict(state.get("feedback", {}))
+        self.held.load_state_dict(state, self.model.device)
         self.gradient_feedback.load_state_dict(state.get("gradient_feedback", {}))
 
     def export_state(self, payload: bytes) -> bytes:

@@ -8,15 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
 from splitft.algorithms.optim import retarget
 from splitft.config import Config
+from splitft.config_codec import client_format
 from splitft.data.tokenize import BatchStream, TokenizedDataset
 from splitft.model.lora import AdapterLayout, full_ranks
 from splitft.model.split import SplitModel
-from splitft.wire.codec import Entry, encode_message
-from splitft.wire.messages import adapter_entries, control, read, read_adapters, read_state, state_message
+from splitft.wire.adapter_sync import HeldAdapters
+from splitft.wire.messages import control, read, read_state, state_message
 
 
 def pool(parts: Sequence[TokenizedDataset]) -> TokenizedDataset:
@@ -53,13 +52,15 @@ class WholeModelTrainer:
             {}, None, list(layout.shapes), layout.shapes, model.device, cfg.train, total_steps
         )
         self.stream = BatchStream(data, cfg.train.batch_size, cfg.seed, client_id, pad_id)
+        self.held = HeldAdapters(client_format(cfg.codec.adapters, client_id, "fp32"))
+        """Delta adapter formats (fedlora): the adapters as last received and the residual of
+        each change not yet sent (docs/architecture.md, "Compression")."""
 
     def begin_round(self, payload: bytes) -> bytes:
-        """Take the global adapters (every block). After an ``svd`` merge every factor is in a
-        new basis, so the AdamW moments of the old one are dropped (as the split client does)."""
-        with torch.no_grad():
-            for name, tensor in read_adapters(read(payload), self.layout).items():
-                self.params[name].copy_(tensor)
+        """Take the global adapters (every block; in a delta format, their change against what
+        this trainer last received). After an ``svd`` merge every factor is in a new basis, so
+        the AdamW moments of the old one are dropped (as the split client does)."""
+        self.held.take(read(payload), self.layout, self.params)
         if self.cfg.aggregation == "svd":
             self.optimizer.reset(self.params)
         return control(ok=True)
@@ -80,18 +81,20 @@ class WholeModelTrainer:
         return control(loss_sum=loss_sum, tokens=tokens, shapes=shapes)
 
     def end_round(self, payload: bytes) -> bytes:
-        """Send the adapters back for aggregation, with this trainer's sample count."""
-        entries = adapter_entries(self.params, self.ranks)
-        entries.append(Entry("control", "control", {"samples": len(self.data)}))
-        return encode_message(entries).data
+        """Send the adapters back for aggregation, with this trainer's sample count; in a delta
+        format, their change since the round's download."""
+        return self.held.upload(self.params, self.ranks, {"samples": len(self.data)})
 
     def state_dict(self) -> dict[str, Any]:
-        """Its position in the data stream and its adapters with their AdamW moments."""
-        return {"batches_taken": self.stream.taken, "optimizer": self.optimizer.state_dict()}
+        """Its position in the data stream, its adapters with their AdamW moments, and in a delta
+        format the adapters as last received and its residuals."""
+        state = {"batches_taken": self.stream.taken, "optimizer": self.optimizer.state_dict()}
+        return {**state, **self.held.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.stream.skip_to(int(state["batches_taken"]))
         self.optimizer.load_state_dict(state["optimizer"])
+        self.held.load_state_dict(state, self.model.device)
 
     def export_state(self, payload: bytes) -> bytes:
         """:meth:`state_dict` as codec bytes (a checkpoint asks it wherever the trainer runs)."""

@@ -66,8 +66,9 @@ class RoundTimer:
         )
         """The truth the clock times rounds under; the policy never reads it (sim/observer.py)."""
         lora = cfg.lora
+        # The frozen base and its activations take the compute dtype's bytes (model/precision.py).
         self.whole_model_bytes = whole_model_memory_bytes(
-            self.shape, cfg.train.batch_size, cfg.data.max_length, lora.r_others
+            self.shape, cfg.train.batch_size, cfg.data.max_length, lora.r_others, cfg.compute_dtype
         )
         self.whole_model_fits = [d.memory_bytes >= self.whole_model_bytes for d in self.devices]
         """Whether each client's device can train the whole model (fedlora)."""
@@ -83,6 +84,7 @@ class RoundTimer:
             lora.client_cut_rank,
             tails=self.tails,
             loss_chunk=cfg.loss_chunk,
+            compute_dtype=cfg.compute_dtype,
         )
         self.max_cut = [min(c, num_blocks - 1) for c in fits]
         """Largest cut each client's memory holds (a client that holds no block is a ConfigError)."""
