@@ -5,8 +5,8 @@
 Reads the ``<setting>-s<seed>`` runs that ``scripts/run_matrix.sh`` wrote with
 ``configs/cpu/shared-runs.txt`` and prints (1) the four methods at cut 2: final test
 perplexity, mean ± half-range over the seeds, each seed, the gap to centralized LoRA; (2)
-Table I, perplexity against the cut, with one shared server set and with per-client server
-copies; then plots (2).
+Table I, perplexity against the cut with one shared server set (seed 0, which every cut has,
+and the mean of the seeds run); then plots (2).
 """
 
 from __future__ import annotations
@@ -62,35 +62,33 @@ def cut_rows(runs: dict[str, list[dict]], mode: str) -> list[tuple[int, float, f
     return rows
 
 
+def seed0(runs: dict[str, list[dict]], mode: str) -> dict[int, float]:
+    """Seed 0's final perplexity per cut in ``mode`` (the one seed every cut has)."""
+    return {c: runs[_setting(mode, c)][0]["final_test_ppl"] for c in CUTS if runs.get(_setting(mode, c))}
+
+
 def cut_table(runs: dict[str, list[dict]]) -> str:
     shared = {c: (m, h, n) for c, m, h, n in cut_rows(runs, "shared")}
-    per_client = {c: (m, h, n) for c, m, h, n in cut_rows(runs, "per-client")}
+    first = seed0(runs, "shared")
     lines = [
-        "| cut (blocks on the client) | shared: final test ppl | seeds | per-client: final test ppl | seeds |",
+        "| cut (blocks on the client) | shared, seed 0: final test ppl | vs cut 2 "
+        "| shared, all seeds run: mean ± half-range | seeds |",
         "|---|---|---|---|---|",
     ]
-    for cut in CUTS:
-        cells = []
-        for found in (shared, per_client):
-            m, h, n = found.get(cut, (None, None, 0))
-            cells += [f"{m:.2f} ± {h:.2f}" if m else "-", str(n) if n else "-"]
-        lines.append(f"| {cut} | {' | '.join(cells)} |")
+    for cut in first:
+        m, h, n = shared[cut]
+        gap = 100 * (first[cut] / first[CUTS[0]] - 1)
+        lines.append(f"| {cut} | {first[cut]:.2f} | {gap:+.1f} % | {m:.2f} ± {h:.2f} | {n} |")
     return "\n".join(lines)
 
 
 def plot(runs: dict[str, list[dict]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for mode, label in (("shared", METHODS["shared"]), ("per-client", METHODS["per-client"])):
-        rows = cut_rows(runs, mode)
-        if rows:
-            ax.errorbar(
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                yerr=[r[2] for r in rows],
-                fmt="o-",
-                capsize=4,
-                label=label,
-            )
+    first = seed0(runs, "shared")
+    ax.plot(list(first), list(first.values()), "o-", label=METHODS["shared"] + ", seed 0")
+    rows = cut_rows(runs, "shared")
+    xs, means, halves = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    ax.errorbar(xs, means, yerr=halves, fmt="s", capsize=4, label="mean of the seeds run (bars: half-range)")
     if "centralized" in runs:
         ax.axhline(
             spread([r["final_test_ppl"] for r in runs["centralized"]])[0],
@@ -99,8 +97,8 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
             label=METHODS["centralized"],
         )
     ax.set_xlabel("cut (blocks each client keeps)")
-    ax.set_ylabel("final test perplexity (mean of seeds, bars: half-range)")
-    ax.set_title("Table I in both server-side modes")
+    ax.set_ylabel("final test perplexity")
+    ax.set_title("Table I with one shared server-side set")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
